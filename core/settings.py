@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         64, description="Token budget beyond the input's length (keys, quotes)."
     )
 
+    engine: Literal["model", "echo"] = Field(
+        "model", description="echo replaces the model, to measure queue overhead."
+    )
+
     # --- Batching -----------------------------------------------------------
     batch_size: int = Field(16, description="Most complaints in one generate().")
     flush_interval_s: float = Field(

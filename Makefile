@@ -1,0 +1,45 @@
+# Two commands do all the setup on a fresh machine:
+#   make demo   Redis + the default model + one worker + a sample file -> JSON
+#   make test   lint, type checks and the test suite (real Redis, real workers)
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+TIQU    := $(VENV)/bin/tiqu
+REDIS_URL ?= redis://127.0.0.1:6379/0
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
+
+.PHONY: venv redis test lint demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned to the tested release, so nothing pulls another build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# xgrammar without its triton pin (CPU machines); only the schema mode uses it
+	$(PIP) install -q --no-deps 'xgrammar>=0.1.20' apache-tvm-ffi
+	touch $@
+
+venv: $(VENV)/.installed
+
+redis: venv
+	PYTHON=$(PY) deploy/ensure-redis.sh $(REDIS_URL)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: venv
+	PYTHON=$(PY) deploy/ensure-redis.sh $(TEST_REDIS_URL)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	TIQU_TEST_REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest -q -ra
+
+demo: redis
+	TIQU_REDIS_URL=$(REDIS_URL) $(TIQU) demo
+
+bench: redis
+	TIQU_REDIS_URL=$(REDIS_URL) $(TIQU) bench --n 64 --json docs/bench-latest.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``tiqu`` command line: a thin dispatcher over producer, workers and trainer."""

@@ -1,0 +1,3 @@
+from tiqu.cli import main
+
+raise SystemExit(main())

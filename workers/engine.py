@@ -1,0 +1,170 @@
+"""The inference engine: base model (+ LoRA adapter) loaded once, batched extraction.
+
+``Engine.extract_batch(texts)`` runs one left-padded, length-sorted
+``generate`` per batch (split smaller on out-of-memory), decodes greedily with
+the configured constraint, and returns one :class:`Outcome` per text in input
+order. It never raises for a single bad row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import InvalidModelOutput, TiquError
+from core.prompting import render_prompt
+from core.schema import Complaint
+from core.settings import Settings
+from core.validation import parse_complaint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What the engine made of one text."""
+
+    complaint: Complaint | None = None
+    error: TiquError | None = None
+    new_tokens: int = 0
+    retried: bool = False
+
+
+@dataclass
+class Stats:
+    batches: int = 0
+    generated_tokens: int = 0
+    model_load_s: float = 0.0
+    splits: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_oom(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "out of memory" in text or "cuda error" in text or "cublas" in text
+
+
+class Engine:
+    """Holds the model; call :meth:`extract_batch` from one thread at a time."""
+
+    def __init__(self, settings: Settings, model: Any = None, tokenizer: Any = None) -> None:
+        from workers.models import load_base, model_fingerprint
+
+        self.settings = settings
+        start = time.perf_counter()
+        if model is None:
+            model, tokenizer, source = load_base(settings)
+        else:
+            source = getattr(model, "name_or_path", "custom")
+        self.model, self.tokenizer = model, tokenizer
+        self.model_id = settings.base_model
+        self.base_hash = model_fingerprint(source)
+        self.adapter_version: str | None = None
+        self.stats = Stats(model_load_s=time.perf_counter() - start)
+        self._decoders: dict[str, Any] = {}
+        if settings.adapter:
+            self.load_adapter(settings.adapter, version="local")
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    # --- adapters -----------------------------------------------------------
+    def load_adapter(self, path: str, version: str) -> None:
+        """Load a peft adapter under ``version`` and make it the active one."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(path, adapter_name=version)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=version)
+        self.model.set_adapter(version)
+        self.model.eval()
+        old, self.adapter_version = self.adapter_version, version
+        if old and old != version:
+            self.model.delete_adapter(old)
+
+    # --- decoding -----------------------------------------------------------
+    def _decoder(self, mode: str) -> Any:
+        if mode not in self._decoders:
+            from workers.decoding import make_decoder
+
+            self._decoders[mode] = make_decoder(mode, self.tokenizer, self.settings)
+        return self._decoders[mode]
+
+    def budget(self, text: str) -> int:
+        """New-token budget: the text's own length in tokens plus the keys."""
+        n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return min(self.settings.max_new_tokens, n + self.settings.extra_new_tokens)
+
+    def extract_batch(self, texts: list[str], mode: str | None = None) -> list[Outcome]:
+        """One outcome per text, in input order; invalid rows are retried once
+        with copy-constrained decoding when another mode produced them."""
+        mode = mode or self.settings.decoding
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        outcomes: list[Outcome] = [Outcome()] * len(texts)
+        for i, out in zip(order, self._run_split([texts[i] for i in order], mode), strict=True):
+            outcomes[i] = out
+        retry = [i for i, o in enumerate(outcomes) if o.error is not None]
+        if retry and mode != "copy":
+            again = self._run_split([texts[i] for i in retry], "copy")
+            for i, out in zip(retry, again, strict=True):
+                out.retried = True
+                outcomes[i] = out
+        return outcomes
+
+    def _run_split(self, texts: list[str], mode: str) -> list[Outcome]:
+        if not texts:
+            return []
+        try:
+            return self._generate(texts, mode)
+        except (RuntimeError, MemoryError) as err:
+            if not _is_oom(err) and not isinstance(err, MemoryError):
+                raise
+            self._free_cache()
+            if len(texts) == 1:
+                return [Outcome(error=TiquError(f"out of memory on one text: {type(err).__name__}"))]
+            self.stats.splits += 1
+            half = len(texts) // 2
+            log.warning("batch of %d ran out of memory; retrying as %d + %d",
+                        len(texts), half, len(texts) - half)
+            return self._run_split(texts[:half], mode) + self._run_split(texts[half:], mode)
+
+    def _free_cache(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _generate(self, texts: list[str], mode: str) -> list[Outcome]:
+        import torch
+        from transformers import GenerationConfig
+
+        tok = self.tokenizer
+        prompts = [render_prompt(tok, t) for t in texts]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        budgets = [self.budget(t) for t in texts]
+        kwargs = self._decoder(mode).generate_kwargs(texts, budgets)
+        config = GenerationConfig(
+            do_sample=False, num_beams=1, use_cache=True, max_new_tokens=max(budgets),
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+        with torch.inference_mode():
+            out = self.model.generate(**enc, generation_config=config, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        self.stats.batches += 1
+        return [self._outcome(row) for row in new]
+
+    def _outcome(self, row: Any) -> Outcome:
+        tok = self.tokenizer
+        ids = [int(t) for t in row if int(t) != tok.pad_token_id]
+        n = len(ids)
+        self.stats.generated_tokens += n
+        raw = tok.decode(ids, skip_special_tokens=True)
+        try:
+            return Outcome(complaint=parse_complaint(raw), new_tokens=n)
+        except InvalidModelOutput as err:
+            return Outcome(error=err, new_tokens=n)

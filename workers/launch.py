@@ -1,0 +1,83 @@
+"""``tiqu worker``: one solo-pool Celery worker per GPU, each pinned with
+``CUDA_VISIBLE_DEVICES`` and named after the GPU it serves (``gpu0@host``).
+
+With no GPU (or ``--gpus cpu``) it starts a single CPU worker. Children are
+started with ``exec``-style subprocesses, so CUDA is never initialised in a
+parent that forks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from core.settings import Settings
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("worker", help="start workers (one per GPU)")
+    p.add_argument("--gpus", default="auto", help="'auto', 'cpu' or a list like 0,1")
+    p.add_argument("--name", help="node name prefix (default: gpuN or cpu)")
+    p.add_argument("--queues", default="extract", help="comma-separated: extract,train")
+    p.add_argument("--engine", choices=["model", "echo"], default="model",
+                   help="echo replaces the model, to measure queue overhead")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (first worker)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=run)
+
+
+def detect_gpus() -> list[str]:
+    """GPU indices from CUDA_VISIBLE_DEVICES or nvidia-smi; empty when none."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip() not in ("", "-1")]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def worker_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
+    """``(argv, extra env)`` for each worker process to start."""
+    gpus = detect_gpus() if args.gpus == "auto" else (
+        [] if args.gpus == "cpu" else args.gpus.split(","))
+    host = socket.gethostname()
+    slots: list[str | None] = list(gpus) or [None]
+    cmds = []
+    for n, gpu in enumerate(slots):
+        label = args.name or (f"gpu{gpu}" if gpu is not None else "cpu")
+        if args.name and len(slots) > 1:
+            label = f"{args.name}-gpu{gpu}"
+        env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
+        env["TIQU_ENGINE"] = args.engine
+        if args.metrics_port:
+            env["TIQU_METRICS_PORT"] = str(args.metrics_port + n)
+        argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo",
+                "-Q", args.queues, "-n", f"{label}@{host}", "--loglevel", args.loglevel,
+                "--without-mingle", "--without-gossip"]
+        cmds.append((argv, env))
+    return cmds
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    procs = []
+    for argv, env in worker_commands(args):
+        child_env = {**os.environ, **env, "TIQU_REDIS_URL": settings.redis_url}
+        procs.append(subprocess.Popen(argv, env=child_env))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes) if codes else 0
