@@ -116,7 +116,7 @@ class Client:
         return int(self.broker.llen(queue or self.queue))
 
 
-def _envelope(raw: bytes | None) -> dict[str, Any] | None:
+def _envelope(raw: bytes | str | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     meta = json.loads(raw)

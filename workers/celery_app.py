@@ -15,6 +15,7 @@ from celery import signals
 from core.names import EXTRACT_QUEUE, EXTRACT_TASK
 from core.queue import make_celery
 from core.settings import Settings
+from workers import guard, hotswap, metrics
 from workers.batching import ExtractBatches
 from workers.runtime import Runtime
 
@@ -36,6 +37,10 @@ log = logging.getLogger("tiqu.worker")
 )
 def extract(self: Any, requests: Any) -> None:  # pragma: no cover - flush runs the batch
     """Batches of ``{"text", "id"}`` payloads; see ExtractBatches.flush."""
+
+
+for _plugin in (guard, hotswap, metrics):
+    _plugin.install(app, runtime, settings)
 
 
 def _consumes_extract(worker: Any) -> bool:

@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.models import fetch_default_model, resolve_base_model
+    from inference.models import fetch_default_model, resolve_base_model
 
     if args.action == "path":
         print(resolve_base_model(settings))

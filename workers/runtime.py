@@ -17,7 +17,7 @@ from core.errors import InvalidInput, TiquError
 from core.schema import Complaint, Envelope
 from core.settings import Settings
 from core.validation import grounding, validate_payload
-from workers.engine import Outcome
+from inference.engine import Outcome
 
 log = logging.getLogger("tiqu.worker")
 
@@ -32,7 +32,7 @@ class EchoEngine:
     adapter_version: str | None = None
 
     def __init__(self) -> None:
-        from workers.engine import Stats
+        from inference.engine import Stats
 
         self.stats = Stats()
 
@@ -66,7 +66,7 @@ class Runtime:
         if self.engine_kind == "echo":
             self._engine = EchoEngine()
             return
-        from workers.engine import Engine
+        from inference.engine import Engine
 
         self._engine = Engine(self.settings)
         log.info("model %s loaded in %.1f s (adapter %s)", self._engine.model_id,
@@ -79,7 +79,7 @@ class Runtime:
         start = time.perf_counter()
         envelopes: list[Envelope | None] = [None] * len(items)
         valid: list[tuple[int, str | None, str]] = []
-        for i, (task_id, payload) in enumerate(items):
+        for i, (_task_id, payload) in enumerate(items):
             try:
                 id_, text = validate_payload(payload, self.settings.max_text_chars)
                 valid.append((i, id_, text))

@@ -24,7 +24,9 @@ class JsonClosed:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         vocab = tokenizer.get_vocab()
-        self.closers = {i for tok, i in vocab.items() if "}" in tokenizer.convert_tokens_to_string([tok])}
+        self.closers = {
+            i for tok, i in vocab.items() if "}" in tokenizer.convert_tokens_to_string([tok])
+        }
         self.prompt_len: int | None = None
 
     def _closed(self, ids: Any) -> bool:
@@ -59,14 +61,18 @@ class Unconstrained:
     def generate_kwargs(self, texts: list[str], budgets: list[int]) -> dict[str, Any]:
         from transformers import StoppingCriteriaList
 
-        return {"stopping_criteria": StoppingCriteriaList([_as_criteria(JsonClosed(self.tokenizer))])}
+        criteria = _as_criteria(JsonClosed(self.tokenizer))
+        return {"stopping_criteria": StoppingCriteriaList([criteria])}
 
 
 class CopyDecoder:
-    """Values are ``null`` or spans copied from the input (see workers.copydecode)."""
+    """Values are ``null`` or spans copied from the input (see inference.copydecode)."""
 
     def __init__(self, tokenizer: Any, settings: Settings) -> None:
-        from workers.copydecode import CopyConstraint
+        try:
+            from inference.copydecode import CopyConstraint
+        except ImportError:  # not moved yet
+            from workers.copydecode import CopyConstraint  # type: ignore[no-redef]
 
         self.constraint = CopyConstraint(tokenizer)
 
@@ -96,7 +102,7 @@ def make_decoder(mode: str, tokenizer: Any, settings: Settings) -> Any:
     if mode == "none":
         return Unconstrained(tokenizer)
     if mode == "schema":
-        from workers.schemadecode import SchemaDecoder
+        from inference.schemadecode import SchemaDecoder
 
         return SchemaDecoder(tokenizer)
     raise ConfigError(f"unknown decoding mode {mode!r}; use copy, schema or none")

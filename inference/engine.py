@@ -50,7 +50,7 @@ class Engine:
     """Holds the model; call :meth:`extract_batch` from one thread at a time."""
 
     def __init__(self, settings: Settings, model: Any = None, tokenizer: Any = None) -> None:
-        from workers.models import load_base, model_fingerprint
+        from inference.models import load_base, model_fingerprint
 
         self.settings = settings
         start = time.perf_counter()
@@ -89,7 +89,7 @@ class Engine:
     # --- decoding -----------------------------------------------------------
     def _decoder(self, mode: str) -> Any:
         if mode not in self._decoders:
-            from workers.decoding import make_decoder
+            from inference.decoding import make_decoder
 
             self._decoders[mode] = make_decoder(mode, self.tokenizer, self.settings)
         return self._decoders[mode]
@@ -125,7 +125,8 @@ class Engine:
                 raise
             self._free_cache()
             if len(texts) == 1:
-                return [Outcome(error=TiquError(f"out of memory on one text: {type(err).__name__}"))]
+                oom = TiquError(f"out of memory on one text: {type(err).__name__}")
+                return [Outcome(error=oom)]
             self.stats.splits += 1
             half = len(texts) // 2
             log.warning("batch of %d ran out of memory; retrying as %d + %d",
