@@ -1,0 +1,102 @@
+"""``tiqu demo``: the main job end to end on the embedded defaults.
+
+Checks Redis, fetches the default model if needed, starts one worker in the
+background, extracts a bundled sample of synthetic complaints, prints a few
+envelopes and stops the worker it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.errors import TiquError
+from core.settings import DEFAULT_MODEL, Settings
+
+SAMPLE = Path(__file__).with_name("samples") / "complaints.jsonl"
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="Redis + model + one worker + a sample file, end to end")
+    p.add_argument("--file", default=str(SAMPLE), help="complaints to extract (JSONL)")
+    p.add_argument("-o", "--out", default="tiqu-demo-out.jsonl", help="envelopes (JSONL)")
+    p.add_argument("--show", type=int, default=3, help="how many envelopes to print")
+    p.add_argument("--timeout-s", type=float, default=900)
+    p.set_defaults(func=run)
+
+
+def _check_redis(settings: Settings) -> None:
+    from producer.client import redis_client
+
+    try:
+        redis_client(settings.redis_url, settings.redis_tls_ca).ping()
+    except Exception as err:
+        raise TiquError(f"no Redis answers at {settings.redis_url} ({type(err).__name__}); "
+                        "start one, e.g. `deploy/ensure-redis.sh`") from err
+
+
+def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TIQU_REDIS_URL": settings.redis_url}
+    cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo",
+           "-Q", "extract", "-n", f"demo-{os.getpid()}@%h", "--loglevel", "INFO",
+           "--without-mingle", "--without-gossip"]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise TiquError(f"the worker exited (code {proc.returncode}):\n{tail}")
+        if " ready." in log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise TiquError(f"the worker was not ready after {timeout_s:.0f} s; see {log_path}")
+
+
+def _show(out: Path, n: int) -> None:
+    lines = out.read_text(encoding="utf-8").splitlines()
+    for line in lines[:n]:
+        print(json.dumps(json.loads(line), ensure_ascii=False, indent=2))
+    print(f"... {len(lines)} envelopes in {out}")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.cli import send_all, write_in_order
+    from producer.client import Client
+
+    _check_redis(settings)
+    if settings.base_model == DEFAULT_MODEL:
+        from inference.models import fetch_default_model
+
+        print(f"model: {fetch_default_model(settings)}")
+    log_path = Path(args.out).with_suffix(".worker.log")
+    worker = _start_worker(settings, log_path)
+    try:
+        _wait_ready(worker, log_path)
+        print(f"worker ready (log: {log_path}); extracting {args.file}")
+        start = time.perf_counter()
+        sent = send_all(Client.from_settings(settings), args.file)
+        counts = write_in_order(Client.from_settings(settings), sent, args.out, args.timeout_s)
+        rate = len(sent) / (time.perf_counter() - start)
+        print(f"{len(sent)} complaints: {counts['ok']} ok, {counts['error']} error, "
+              f"{rate:.2f} complaints/s")
+        _show(Path(args.out), args.show)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    if not settings.adapter:
+        print("\nNote: this is the raw base model with no fine-tuned adapter, so the values "
+              "are often wrong or null (every value is still copied from the text). Train one "
+              "with `tiqu data synth --n 1000 -o train.jsonl && tiqu train --data train.jsonl "
+              "--out runs/mine`, then set TIQU_ADAPTER=runs/mine/adapter "
+              "(see docs/training.md).")
+    return 0
