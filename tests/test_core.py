@@ -135,3 +135,14 @@ def test_producer_imports_no_torch() -> None:
                          capture_output=True, text=True, check=True)
     mods = set(json.loads(out.stdout))
     assert not {"torch", "transformers", "peft", "celery"} & mods
+
+
+def test_qwen3_training_render_matches_inference_prompt() -> None:
+    from tests.tiny import QWEN3_CHAT
+
+    tok = build_tokenizer("bpe")
+    tok.chat_template = QWEN3_CHAT
+    prompt, completion = render_training(tok, "张三 断网", '{"name": "张三"}')
+    assert prompt == render_prompt(tok, "张三 断网")
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert completion == '{"name": "张三"}<|im_end|>'

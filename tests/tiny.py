@@ -16,6 +16,22 @@ CHATML = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# The parts of Qwen3's template that matter here: the last assistant turn is
+# rendered with an (empty) think block, and the generation prompt gets one
+# when enable_thinking is false.
+QWEN3_CHAT = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' and loop.last %}"
+    "{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' + message.content + '<|im_end|>\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}"
+)
+
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 CORPUS = [
@@ -73,14 +89,22 @@ def build_tokenizer(kind: str = "bpe", vocab_size: int = 600):
     return tok
 
 
-def build_model(out: Path, kind: str = "bpe", seed: int = 0, layers: int = 2) -> Path:
-    """Write a tiny random Llama chat model (2 layers, hidden 64) to ``out``."""
+def build_model(out: Path, kind: str = "bpe", seed: int = 0, layers: int = 2,
+                arch: str = "llama") -> Path:
+    """Write a tiny random chat model (2 layers, hidden 64) to ``out``.
+
+    ``arch="qwen3"`` builds a Qwen3ForCausalLM with Qwen3's thinking template.
+    """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     tok = build_tokenizer(kind)
+    if arch == "qwen3":
+        tok.chat_template = QWEN3_CHAT
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config_cls, model_cls = (Qwen3Config, Qwen3ForCausalLM) if arch == "qwen3" else (
+        LlamaConfig, LlamaForCausalLM)
+    config = config_cls(
         vocab_size=len(tok),
         hidden_size=64,
         intermediate_size=128,
@@ -93,7 +117,7 @@ def build_model(out: Path, kind: str = "bpe", seed: int = 0, layers: int = 2) ->
         bos_token_id=tok.bos_token_id,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config)
+    model = model_cls(config)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
