@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -99,6 +99,16 @@ class Settings(BaseSettings):
     # --- Operations -------------------------------------------------------------
     metrics_port: int | None = Field(
         None, description="Serve Prometheus metrics on this port."
+    )
+    metrics_addr: str = Field(
+        "127.0.0.1",
+        description="Address the metrics port binds; 0.0.0.0 in containers so "
+        "Prometheus can scrape the pod.",
+    )
+    flower_basic_auth: SecretStr | None = Field(
+        None,
+        description="Flower basic auth as user:password[,user2:password2]; "
+        "required when Flower binds a non-loopback address.",
     )
     worker_name: str | None = Field(None, description="Celery node name.")
     log_level: str = Field("INFO", description="Worker log level.")
