@@ -1,0 +1,1 @@
+"""LoRA fine-tuning for tiqu: data sets, training, evaluation."""
