@@ -1,0 +1,198 @@
+"""``tiqu train`` and ``tiqu eval``.
+
+``tiqu train`` runs :func:`trainer.lora.train` here, or with ``--submit`` sends the
+same request as the ``tiqu.train`` task and follows its progress. Options left
+out keep :class:`trainer.lora.TrainConfig`'s defaults. ``tiqu eval`` scores the
+base model, or an adapter, with the serving engine on a data file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.settings import Settings
+
+#: CLI option -> TrainConfig field, for options that are passed through unchanged.
+PASSTHROUGH = (
+    "r", "alpha", "dropout", "lr", "epochs", "max_steps", "batch_size", "grad_accum", "max_len",
+    "warmup", "eval_every", "save_every", "eval_limit", "decoding", "dtype", "seed", "report_to",
+)
+
+
+def parse_layers(spec: str) -> list[int]:
+    """``top4`` -> ``[-4, -3, -2, -1]``; ``20-23`` -> ``[20, 21, 22, 23]``; ``1,5`` -> both."""
+    try:
+        if spec.startswith("top"):
+            n = int(spec[3:])
+            return list(range(-n, 0)) if n > 0 else []
+        out: list[int] = []
+        for part in spec.split(","):
+            lo, sep, hi = part.partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if sep and lo else [int(part)]
+        return out
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"layers {spec!r}: use topN, A-B or a comma list, e.g. top4, 20-23, 1,5"
+        ) from err
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="fine-tune a LoRA adapter (locally or on the train queue)")
+    p.add_argument("--data", required=True, help="training data (seed, chat or gold rows)")
+    p.add_argument("--out", type=Path, help="run folder (required unless --submit)")
+    for name, kind in (("r", int), ("alpha", int), ("dropout", float), ("lr", float),
+                       ("epochs", float), ("max-steps", int), ("batch-size", int),
+                       ("grad-accum", int), ("max-len", int), ("warmup", float),
+                       ("eval-every", int), ("save-every", int), ("eval-limit", int),
+                       ("seed", int)):
+        p.add_argument(f"--{name}", type=kind, help="default: see docs/training.md")
+    p.add_argument("--layers", type=parse_layers, help="LoRA only on these layers: top4, 20-23")
+    p.add_argument("--decoding", choices=["copy", "schema", "none"], help="for the final eval")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], help="base weight dtype")
+    p.add_argument("--report-to", nargs="+", help="tensorboard, swanlab and/or wandb")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
+    p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--submit", action="store_true", help="run as the tiqu.train task")
+    p.add_argument("--inline", action="store_true", help="with --submit: send rows, not a path")
+    p.add_argument("--timeout-s", type=float, default=24 * 3600, help="--submit: wait this long")
+    p.set_defaults(func=run)
+
+
+def _eval_parser(sub: Any) -> None:
+    p = sub.add_parser("eval", help="score the base model or an adapter on a data file")
+    p.add_argument("--data", type=Path, required=True, help="seed, chat or gold rows")
+    p.add_argument("--adapter", type=Path, help="run folder or peft adapter folder")
+    p.add_argument("--decoding", choices=["copy", "schema", "none"], help="default: settings")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--batch-size", type=int, help="default: TIQU_BATCH_SIZE")
+    p.add_argument("--json", type=Path, help="also write the full report here")
+    p.add_argument("--min-tag-rows", type=int, default=5, help="hide tags with fewer rows")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``train`` and ``eval`` on the dispatcher's subparsers."""
+    _train_parser(sub)
+    _eval_parser(sub)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``tiqu train`` or ``tiqu eval``; 0 on success."""
+    if args.command == "eval":
+        return run_eval(args, settings)
+    return run_train(args, settings)
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig of the options given; the rest keep their defaults."""
+    from trainer.lora import TrainConfig
+
+    values = {k: getattr(args, k) for k in PASSTHROUGH if getattr(args, k) is not None}
+    values.update({k: True for k in ("gradient_checkpointing", "resume", "keep_checkpoints")
+                   if getattr(args, k)})
+    if args.layers is not None:
+        values["layers"] = args.layers
+    if args.no_progress:
+        values["progress"] = False
+    return TrainConfig.from_dict(values)
+
+
+def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    from core.errors import ConfigError
+
+    config = train_config(args)
+    if args.submit:
+        return submit(args, settings, config)
+    if args.out is None:
+        raise ConfigError("--out is required unless --submit")
+    from trainer.data import load_records
+    from trainer.lora import train
+
+    records = load_records(args.data)
+    manifest = train(settings, records, args.out, config, source=str(args.data))
+    print(f"adapter {manifest.version} written to {args.out}")
+    print(json.dumps({k: manifest.metrics.get(k) for k in
+                      ("train_loss", "eval_loss", "valid_json", "field_exact", "grounded")}))
+    print(json.dumps(manifest.timings))
+    return 0
+
+
+def _request(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from trainer.data import load_records, record_to_gold
+
+    request: dict[str, Any] = {"config": asdict(config)}
+    if args.out is not None:
+        request["out"] = str(args.out.resolve())
+    path = Path(args.data)
+    if args.inline:
+        request["records"] = [record_to_gold(r) for r in load_records(path)]
+        return request
+    if path.exists():
+        load_records(path)  # bad rows are listed here; the worker only names their numbers
+    request["data"] = str(path.resolve())
+    return request
+
+
+def submit(args: argparse.Namespace, settings: Settings, config: Any) -> int:
+    """Send ``tiqu.train`` and print its progress until it finishes or times out."""
+    from core.names import TRAIN_QUEUE, TRAIN_TASK
+    from core.queue import make_celery
+    from trainer.tasks import parse_request
+
+    request = _request(args, config)
+    parse_request(request)  # the worker would refuse it too; fail here, before sending
+    app = make_celery(settings)
+    result = app.send_task(TRAIN_TASK, args=[request], queue=TRAIN_QUEUE)
+    print(f"submitted {TRAIN_TASK} {result.id} to queue {TRAIN_QUEUE}", file=sys.stderr)
+    deadline, shown = time.monotonic() + args.timeout_s, None
+    while not result.ready():
+        if time.monotonic() > deadline:
+            print(f"still running after {args.timeout_s:.0f} s: {result.id}", file=sys.stderr)
+            return 1
+        info = result.info if result.state == "PROGRESS" else None
+        if info and info != shown:
+            loss = "-" if info.get("loss") is None else f"{info['loss']:.4f}"
+            print(f"{info.get('phase')}: step {info.get('step')}/{info.get('total')} "
+                  f"loss {loss}", file=sys.stderr)
+            shown = info
+        time.sleep(1.0)
+    if not result.successful():
+        print(f"train task failed: {result.info}", file=sys.stderr)
+        return 1
+    done = result.get()
+    print(json.dumps({"version": done["version"], "run_dir": done["run_dir"],
+                      "metrics": done["metrics"]}, ensure_ascii=False))
+    return 0
+
+
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from inference.engine import Engine
+    from trainer.data import load_records
+    from trainer.evaluate import evaluate_engine, format_table, load_checked_adapter
+
+    records = load_records(args.data)[: args.limit]
+    engine = Engine(settings.model_copy(update={"adapter": None}))
+    adapter = args.adapter or (Path(settings.adapter) if settings.adapter else None)
+    if adapter is not None:
+        load_checked_adapter(engine, adapter)
+    mode = args.decoding or settings.decoding
+    batch = args.batch_size or settings.batch_size
+    report = evaluate_engine(engine, records, mode, batch, progress=not args.no_progress)
+    report.update(data=str(args.data), base_model=settings.base_model,
+                  adapter=str(adapter) if adapter else None)
+    print(format_table(report, min_rows=args.min_tag_rows))
+    print(f"{len(records)} rows, decoding {mode}, {report['eval_s']} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, ensure_ascii=False, indent=1))
+    return 0

@@ -1,0 +1,203 @@
+"""Scoring extractions against gold records: exact match, char F1, validity, grounding.
+
+Predictions come from :class:`inference.engine.Engine`, the code the workers
+run, so a score measures what serving will do. Every metric is reported over
+all rows and per tag. Values are compared after :func:`core.validation.normalize`
+(NFKC and collapsed whitespace); ``null`` against ``null`` is a match, and an
+invalid prediction (``None``) matches nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import IncompatibleAdapter
+from core.manifest import ADAPTER_DIRNAME, Manifest
+from core.schema import FIELDS, Complaint
+from core.validation import normalize
+from trainer.data import Record
+
+ALL = "all"
+
+
+def char_f1(pred: str | None, gold: str | None) -> float:
+    """Character-multiset F1 of two normalised values; 1.0 for null/null, 0.0 for one null."""
+    if pred is None or gold is None:
+        return float(pred is None and gold is None)
+    p, g = normalize(pred), normalize(gold)
+    if not p or not g:
+        return float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def same(pred: str | None, gold: str | None) -> bool:
+    """Exact match after normalisation; null equals only null."""
+    if pred is None or gold is None:
+        return pred is None and gold is None
+    return normalize(pred) == normalize(gold)
+
+
+@dataclass
+class Tally:
+    """Running sums for one group of rows (all rows, or the rows of one tag)."""
+
+    n: int = 0
+    valid: int = 0
+    rows_exact: int = 0
+    exact: Counter[str] = field(default_factory=Counter)
+    f1: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FIELDS, 0.0))
+    values: int = 0
+    grounded: int = 0
+
+    def add(self, pred: Complaint | None, record: Record) -> None:
+        self.n += 1
+        if pred is None:
+            return
+        self.valid += 1
+        hits = 0
+        for key in FIELDS:
+            value, gold = getattr(pred, key), record.gold[key]
+            hit = same(value, gold)
+            hits += hit
+            self.exact[key] += hit
+            self.f1[key] += char_f1(value, gold)
+            if value is not None:
+                self.values += 1
+                self.grounded += bool(value) and value in record.text
+        self.rows_exact += hits == len(FIELDS)
+
+    def summary(self) -> dict[str, Any]:
+        n = max(self.n, 1)
+        exact = {k: self.exact[k] / n for k in FIELDS}
+        f1 = {k: self.f1[k] / n for k in FIELDS}
+        return {
+            "n": self.n,
+            "valid_json": self.valid / n,
+            "field_exact": sum(exact.values()) / len(FIELDS),
+            "row_exact": self.rows_exact / n,
+            "char_f1": sum(f1.values()) / len(FIELDS),
+            "grounded": self.grounded / self.values if self.values else None,
+            "exact": exact,
+            "f1": f1,
+        }
+
+
+def score(preds: Sequence[Complaint | None], records: Sequence[Record]) -> dict[str, Any]:
+    """Metrics over all rows (``overall``) and per tag (``tags``)."""
+    if len(preds) != len(records):
+        raise ValueError(f"predictions ({len(preds)}) != records ({len(records)})")
+    tallies: dict[str, Tally] = {ALL: Tally()}
+    for pred, record in zip(preds, records, strict=True):
+        for group in (ALL, *record.tags):
+            tallies.setdefault(group, Tally()).add(pred, record)
+    return {
+        "overall": tallies.pop(ALL).summary(),
+        "tags": {tag: t.summary() for tag, t in sorted(tallies.items())},
+    }
+
+
+def predict(
+    engine: Any, texts: Sequence[str], mode: str, batch_size: int, progress: bool = True
+) -> list[Complaint | None]:
+    """One prediction per text (``None`` when invalid), batch by batch, with a progress bar."""
+    from tqdm import tqdm
+
+    out: list[Complaint | None] = []
+    with tqdm(total=len(texts), unit="row", desc=f"eval ({mode})", disable=not progress) as bar:
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start:start + batch_size])
+            out += [o.complaint for o in engine.extract_batch(chunk, mode)]
+            bar.update(len(chunk))
+    return out
+
+
+def evaluate_engine(
+    engine: Any, records: Sequence[Record], mode: str, batch_size: int, progress: bool = True
+) -> dict[str, Any]:
+    """Run the engine over ``records`` and score it; adds mode, timing and adapter version."""
+    start = time.perf_counter()
+    preds = predict(engine, [r.text for r in records], mode, batch_size, progress)
+    elapsed_s = time.perf_counter() - start
+    report = score(preds, records)
+    report.update(
+        decoding=mode,
+        adapter_version=getattr(engine, "adapter_version", None),
+        eval_s=round(elapsed_s, 2),
+        rows_per_s=round(len(records) / elapsed_s, 3) if elapsed_s > 0 else None,
+    )
+    return report
+
+
+def evaluate_model(settings: Any, model: Any, tok: Any, records: Sequence[Record], mode: str,
+                   batch_size: int, version: str | None = None, progress: bool = True
+                   ) -> dict[str, Any]:
+    """Score an in-memory model (e.g. one just trained) through the serving engine."""
+    from inference.engine import Engine
+
+    model.eval()
+    tok.padding_side = "left"  # generation pads on the left, as the engine's loader does
+    engine = Engine(settings.model_copy(update={"adapter": None}), model=model, tokenizer=tok)
+    engine.adapter_version = version
+    return evaluate_engine(engine, records, mode, batch_size, progress)
+
+
+def adapter_folder(path: Path) -> Path:
+    """The peft folder of a run folder (``DIR/adapter``) or of an adapter folder itself."""
+    inner = path / ADAPTER_DIRNAME
+    return inner if (inner / "adapter_config.json").exists() else path
+
+
+def load_checked_adapter(engine: Any, path: Path) -> str:
+    """Load an adapter into ``engine`` after checking its manifest, if it has one.
+
+    Raises :class:`IncompatibleAdapter` when the manifest's prompt version,
+    schema version or base model hash differs from the engine's. Returns the
+    version the adapter was loaded under.
+    """
+    from core.prompting import PROMPT_VERSION
+    from core.schema import SCHEMA_VERSION
+
+    folder = adapter_folder(path)
+    run = folder.parent if folder != path else path
+    if not (run / "manifest.json").exists():
+        engine.load_adapter(str(folder), version="local")
+        return "local"
+    manifest = Manifest.load(run)
+    checks = (
+        ("prompt version", manifest.prompt_version, PROMPT_VERSION),
+        ("schema version", manifest.schema_version, SCHEMA_VERSION),
+        ("base model hash", manifest.base_model_hash, engine.base_hash),
+    )
+    for what, theirs, ours in checks:
+        if theirs != ours:
+            raise IncompatibleAdapter(f"adapter {what} {theirs!r} != engine {what} {ours!r}")
+    engine.load_adapter(str(folder), version=manifest.version)
+    return manifest.version
+
+
+def _pct(x: float | None) -> str:
+    return "   -" if x is None else f"{100 * x:5.1f}"
+
+
+def format_table(report: dict[str, Any], min_rows: int = 1) -> str:
+    """A fixed-width table: one line for all rows, then one per tag with >= min_rows rows."""
+    cols = ["n", "valid", "field", *FIELDS, "row", "f1", "ground"]
+    head = f"{'group':<22}" + "".join(f"{c[:8]:>9}" for c in cols)
+    lines = [head, "-" * len(head)]
+    groups = [(ALL, report["overall"])]
+    groups += [(t, s) for t, s in report["tags"].items() if s["n"] >= min_rows]
+    for name, s in groups:
+        cells = [f"{s['n']:>5}", _pct(s["valid_json"]), _pct(s["field_exact"])]
+        cells += [_pct(s["exact"][k]) for k in FIELDS]
+        cells += [_pct(s["row_exact"]), _pct(s["char_f1"]), _pct(s["grounded"])]
+        lines.append(f"{name[:22]:<22}" + "".join(f"{c:>9}" for c in cells))
+    return "\n".join(lines)

@@ -1,0 +1,355 @@
+"""LoRA fine-tuning with peft and the transformers Trainer, and the run folder it writes.
+
+A run folder ``DIR`` ends up holding exactly:
+
+- ``adapter/``: the peft files (``adapter_config.json``, ``adapter_model.safetensors``);
+- ``eval.json``: scores of the trained adapter on the held-out test split;
+- ``loss.png``: train and eval loss against the step;
+- ``manifest.json``: a :class:`core.manifest.Manifest`, written last, so its
+  presence marks a finished run.
+
+While training, ``DIR/checkpoints/`` holds resumable checkpoints; they are
+removed when the run finishes unless ``keep_checkpoints`` is set. Heavy
+libraries are imported inside functions, so :class:`TrainConfig` can be used
+by code that never trains (the CLI's ``--submit``, the task request).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict
+
+from core.errors import ConfigError, DataError
+from core.manifest import ADAPTER_DIRNAME, LoraSpec, Manifest, hash_folder
+from core.settings import Settings
+from trainer.data import Record, data_hash, split_records
+from trainer.sft import Progress
+
+log = logging.getLogger("tiqu.train")
+
+CHECKPOINTS = "checkpoints"
+RUN_STATE = "run.json"
+REPORTERS = ("tensorboard", "swanlab", "wandb")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run; building it checks every field and reports all problems.
+
+    ``layers`` puts LoRA only on those decoder layers (peft ``layers_to_transform``);
+    negative numbers count from the top, so ``[-4, -3, -2, -1]`` is the top four.
+    Backward then stops at the lowest adapted layer, which makes CPU steps cheaper.
+    ``max_steps`` (when set) overrides ``epochs``. ``eval_limit`` caps the test rows
+    generated for ``eval.json``; ``eval_loss_rows`` caps the validation rows of the
+    periodic eval loss.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: str | list[str] = "all-linear"
+    layers: list[int] | None = None
+    lr: float = 1e-4
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_len: int = 512
+    warmup: float = 0.05
+    weight_decay: float = 0.0
+    log_every: int = 5
+    eval_every: int = 50
+    eval_loss_rows: int = 64
+    save_every: int = 50
+    eval_limit: int | None = 200
+    eval_batch_size: int = 16
+    decoding: Literal["copy", "schema", "none"] = "copy"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    report_to: list[str] = field(default_factory=list)
+    seed: int = 0
+    resume: bool = False
+    keep_checkpoints: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("invalid training config: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every inconsistent field, each naming the field and its value."""
+        out = [f"{name} must be >= {low}, got {value}" for name, low, value in (
+            ("r", 1, self.r), ("alpha", 1, self.alpha), ("batch_size", 1, self.batch_size),
+            ("grad_accum", 1, self.grad_accum), ("max_len", 16, self.max_len),
+            ("log_every", 1, self.log_every), ("eval_every", 1, self.eval_every),
+            ("save_every", 1, self.save_every), ("eval_batch_size", 1, self.eval_batch_size),
+            ("eval_loss_rows", 0, self.eval_loss_rows),
+        ) if value < low]
+        if not 0 <= self.dropout < 1:
+            out.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 < self.lr < 1:
+            out.append(f"lr must be in (0, 1), got {self.lr}")
+        if self.epochs <= 0 and not self.max_steps:
+            out.append(f"epochs must be > 0 when max_steps is not set, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            out.append(f"max_steps must be >= 1 or unset, got {self.max_steps}")
+        if not 0 <= self.warmup < 1:
+            out.append(f"warmup (a fraction of the steps) must be in [0, 1), got {self.warmup}")
+        if self.eval_limit is not None and self.eval_limit < 0:
+            out.append(f"eval_limit must be >= 0 or unset, got {self.eval_limit}")
+        layers = self.layers
+        if layers is not None and (not layers or len(set(layers)) != len(layers)):
+            out.append(f"layers must be a non-empty list without repeats, got {self.layers}")
+        for name in self.report_to:
+            if name not in REPORTERS:
+                out.append(f"report_to {name!r} is not one of {list(REPORTERS)}")
+            elif find_spec(name) is None:
+                out.append(f"report_to {name!r} is not installed (pip install {name})")
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """A config from plain values; unknown keys are an error, not ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown training options {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def new_version() -> str:
+    """A sortable, unique adapter version: ``YYYYmmdd-HHMMSS-<6 hex>`` (UTC)."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def resolve_layers(layers: Sequence[int] | None, n_layers: int) -> list[int] | None:
+    """Layer indices counted from 0; negative ones count from the top. Raises on out-of-range."""
+    if layers is None:
+        return None
+    bad = [i for i in layers if not -n_layers <= i < n_layers]
+    if bad:
+        raise ConfigError(f"layers {bad} out of range for a model with {n_layers} layers")
+    return sorted(i % n_layers for i in layers)
+
+
+def train_dtype(config: TrainConfig, device: str) -> str:
+    """The base model's weight dtype; LoRA weights stay float32 (peft upcasts them)."""
+    if config.dtype != "auto":
+        return config.dtype
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    # Measured on 2 CPU cores (docs/training.md): bf16 base weights are faster than fp32.
+    return "bfloat16"
+
+
+# --- the run folder -------------------------------------------------------------
+
+
+def check_out_dir(out_dir: Path, resume: bool) -> bool:
+    """Whether to resume from ``out_dir/checkpoints``; raises if the folder can't be used.
+
+    A fresh run needs an absent or empty folder; a finished run (``manifest.json``)
+    is never overwritten.
+    """
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise ConfigError(f"output {out_dir} exists and is not a folder")
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if "manifest.json" in entries:
+        raise ConfigError(f"output folder {out_dir} holds a finished run; pick another folder")
+    has_ckpt = any((out_dir / CHECKPOINTS).glob("checkpoint-*"))
+    if resume and has_ckpt:
+        return True
+    if entries and entries != [CHECKPOINTS]:
+        raise ConfigError(f"output folder {out_dir} is not empty: {entries[:5]}")
+    if has_ckpt:
+        raise ConfigError(
+            f"output folder {out_dir} holds checkpoints of an unfinished run; "
+            "resume it (--resume) or pick another folder"
+        )
+    if resume:
+        log.warning("no checkpoint in %s to resume from; starting a fresh run", out_dir)
+    return False
+
+
+def _run_state(out_dir: Path, resuming: bool, digest: str, config: TrainConfig) -> str:
+    """The run's version; a resumed run keeps its version and must use the same data."""
+    path = out_dir / CHECKPOINTS / RUN_STATE
+    if resuming and path.exists():
+        state = json.loads(path.read_text())
+        if state["data_hash"] != digest:
+            raise ConfigError(
+                f"resume data hash {digest[:12]} != checkpoint data hash {state['data_hash'][:12]}"
+            )
+        return str(state["version"])
+    version = new_version()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": version, "data_hash": digest, "config": asdict(config)}))
+    return version
+
+
+# --- model and trainer ----------------------------------------------------------
+
+
+def load_for_training(settings: Settings, config: TrainConfig) -> tuple[Any, Any, str, str]:
+    """``(model, tokenizer, source, device)`` with the base weights in the training dtype."""
+    from inference.models import load_base, pick_device
+
+    device = pick_device(settings)
+    dtype = train_dtype(config, device)
+    model, tok, source = load_base(settings.model_copy(update={"dtype": dtype, "adapter": None}))
+    return model, tok, source, device
+
+
+def linear_names(model: Any) -> list[str]:
+    """Leaf names of the model's linear layers, the output head excluded ("all-linear")."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
+
+
+def add_lora(model: Any, config: TrainConfig) -> tuple[Any, list[int] | None, list[str] | str]:
+    """Wrap ``model`` with fresh LoRA weights; returns it, the layers and the target modules."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    layers = resolve_layers(config.layers, int(model.config.num_hidden_layers))
+    targets = config.target_modules
+    if layers is not None and targets == "all-linear":
+        targets = linear_names(model)  # peft takes a layer subset only with explicit names
+    torch.manual_seed(config.seed)  # LoRA A is random: same seed, same start
+    spec = LoraConfig(
+        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, spec), layers, targets
+
+
+# --- the run --------------------------------------------------------------------
+
+
+def encode_splits(tok: Any, splits: dict[str, list[Record]], config: TrainConfig) -> Any:
+    """Encoded ``(train, val)``; raises :class:`DataError` when no training row is left."""
+    from trainer.sft import encode_records
+
+    train_set = encode_records(tok, splits["train"], config.max_len)
+    val_set = encode_records(tok, splits["val"][: config.eval_loss_rows], config.max_len)
+    if not train_set.examples:
+        raise DataError(
+            f"no training rows: the train split has {len(splits['train'])} rows and "
+            f"{train_set.dropped} are longer than max_len {config.max_len} tokens"
+        )
+    if train_set.dropped:
+        log.warning("dropped %d of %d training rows longer than max_len %d (longest %d)",
+                    train_set.dropped, len(splits["train"]), config.max_len, train_set.longest)
+    return train_set, val_set
+
+
+def _last(history: list[dict[str, Any]], key: str) -> float | None:
+    return next((float(e[key]) for e in reversed(history) if key in e), None)
+
+
+def finish_checkpoints(out_dir: Path, keep: bool) -> None:
+    """Remove checkpoints and the run state unless ``keep``; other logs stay."""
+    folder = out_dir / CHECKPOINTS
+    if keep or not folder.exists():
+        return
+    for ckpt in folder.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)
+    (folder / RUN_STATE).unlink(missing_ok=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def write_outputs(settings: Settings, model: Any, tok: Any, trainer: Any, rows: list[Record],
+                  config: TrainConfig, out_dir: Path, version: str) -> dict[str, Any]:
+    """``adapter/``, ``eval.json`` (scores of ``rows``) and ``loss.png``; returns the scores."""
+    from trainer.evaluate import evaluate_model
+    from trainer.plots import plot_loss
+
+    adapter = out_dir / ADAPTER_DIRNAME
+    model.save_pretrained(adapter)
+    (adapter / "README.md").unlink(missing_ok=True)  # peft's boilerplate model card
+    scores = evaluate_model(settings, model, tok, rows, config.decoding, config.eval_batch_size,
+                            version, config.progress) if rows else {}
+    (out_dir / "eval.json").write_text(json.dumps(scores, ensure_ascii=False, indent=1))
+    plot_loss(trainer.state.log_history, out_dir / "loss.png", title=f"LoRA {version}")
+    return scores
+
+
+def train(settings: Settings, records: list[Record], out_dir: Path, config: TrainConfig,
+          on_progress: Progress | None = None, source: str | None = None) -> Manifest:
+    """Fine-tune LoRA on the train split, score it on the test split, write the run folder.
+
+    The output folder, the data and the config are all checked before anything is
+    written. ``on_progress`` receives ``{"phase", "step", "total", "loss"}``.
+    """
+    from inference.models import model_fingerprint
+    from trainer.sft import fit
+
+    report: Progress = on_progress or (lambda meta: None)
+    clock = [time.perf_counter()]
+    resuming = check_out_dir(out_dir, config.resume)
+    splits = split_records(records)
+    report({"phase": "load", "step": 0, "total": 0, "loss": None})
+    model, tok, base_source, device = load_for_training(settings, config)
+    sets = encode_splits(tok, splits, config)
+    clock.append(time.perf_counter())
+    version = _run_state(out_dir, resuming, data_hash(records), config)
+    model, layers, targets = add_lora(model, config)
+    trainer = fit(model, tok, sets, config, out_dir / CHECKPOINTS, device, report, resuming)
+    clock.append(time.perf_counter())
+    steps, history = trainer.state.global_step, trainer.state.log_history
+    report({"phase": "eval", "step": steps, "total": steps, "loss": _last(history, "loss")})
+    rows = (splits["test"] or splits["val"])[: config.eval_limit]
+    scores = write_outputs(settings, model, tok, trainer, rows, config, out_dir, version)
+    clock.append(time.perf_counter())
+    extra: dict[str, Any] = {"config": asdict(config)}  # an extra field: hyper-parameters
+    manifest = Manifest(
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        base_model=settings.base_model,
+        base_model_hash=model_fingerprint(base_source),
+        lora=LoraSpec(r=config.r, alpha=config.alpha, dropout=config.dropout,
+                      target_modules=targets, layers=layers),
+        data={"hash": data_hash(records), "source": source, "rows": len(records),
+              **{s: len(v) for s, v in splits.items()}, "dropped": sets[0].dropped,
+              "max_len": config.max_len, "train_tokens": sets[0].tokens},
+        metrics={"train_loss": _last(history, "loss"), "eval_loss": _last(history, "eval_loss"),
+                 "eval_rows": len(rows), **scores.get("overall", {})},
+        timings=_timings(clock, steps, device, train_dtype(config, device)),
+        files=hash_folder(out_dir / ADAPTER_DIRNAME),
+        **extra,
+    )
+    finish_checkpoints(out_dir, config.keep_checkpoints)
+    manifest.save(out_dir)
+    report({"phase": "done", "step": steps, "total": steps, "loss": manifest.metrics["train_loss"]})
+    return manifest
+
+
+def _timings(clock: list[float], steps: int, device: str, dtype: str) -> dict[str, Any]:
+    start, loaded, trained, end = clock
+    return {"load_s": round(loaded - start, 2), "train_s": round(trained - loaded, 2),
+            "eval_s": round(end - trained, 2), "total_s": round(end - start, 2), "steps": steps,
+            "s_per_step": round((trained - loaded) / max(steps, 1), 3),
+            "device": device, "dtype": dtype}

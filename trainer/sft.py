@@ -1,0 +1,213 @@
+"""Supervised fine-tuning: examples tokenised through the one prompt builder, and the Trainer.
+
+Each record becomes ``prompt ids + completion ids``, where the prompt is rendered
+by :func:`core.prompting.render_training`, which is byte-identical to the
+inference prompt, and both parts are tokenised separately without special
+tokens, exactly as the engine tokenises its prompt. Labels are ``-100`` on the
+prompt, so the loss covers only the answer and its end-of-turn token. Rows
+longer than ``max_len`` are dropped and counted, never truncated: a truncated
+row would teach the model an answer without its end.
+
+The second half sets up the transformers Trainer over those examples: padding,
+arguments, checkpoints and a progress callback. torch and transformers are
+imported inside functions, so this module stays light to import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.prompting import render_training
+from core.schema import answer_json
+from trainer.data import Record
+
+if TYPE_CHECKING:
+    from trainer.lora import TrainConfig
+
+#: Receives ``{"phase", "step", "total", "loss"}`` as training advances.
+Progress = Callable[[dict[str, Any]], None]
+
+#: Label value that the loss ignores (PyTorch's cross-entropy default).
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    """One tokenised training row; ``labels`` has the length of ``input_ids``."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def prompt_len(self) -> int:
+        """Number of leading tokens the loss ignores."""
+        return next((i for i, x in enumerate(self.labels) if x != IGNORE), len(self.labels))
+
+
+@dataclass
+class Encoded:
+    """A tokenised data set: the kept examples and how many rows were dropped."""
+
+    examples: list[Example] = field(default_factory=list)
+    dropped: int = 0
+    longest: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e.input_ids) for e in self.examples)
+
+
+def encode_record(tokenizer: Any, record: Record) -> Example:
+    """The training example for one record, whatever its length."""
+    prompt, completion = render_training(tokenizer, record.text, answer_json(record.gold))
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return Example(
+        input_ids=list(prompt_ids) + list(answer_ids),
+        labels=[IGNORE] * len(prompt_ids) + list(answer_ids),
+    )
+
+
+def encode_records(tokenizer: Any, records: Iterable[Record], max_len: int) -> Encoded:
+    """Tokenise every record; rows with more than ``max_len`` tokens are dropped and counted."""
+    out = Encoded()
+    for record in records:
+        example = encode_record(tokenizer, record)
+        n = len(example.input_ids)
+        out.longest = max(out.longest, n)
+        if n > max_len:
+            out.dropped += 1
+        else:
+            out.examples.append(example)
+    return out
+
+
+class ExampleDataset:
+    """A map-style dataset over examples, as the transformers Trainer expects."""
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        e = self.examples[i]
+        # "input_ids" is the length the group-by-length sampler measures.
+        return {"input_ids": e.input_ids, "labels": e.labels}
+
+
+class PadCollator:
+    """Right-pads a batch: ``pad_id`` in ``input_ids``, ``IGNORE`` in labels, 0 in the mask.
+
+    The mask, not the pad id, marks padding, so a tokenizer whose pad token is
+    also its end-of-turn token still learns to emit that token.
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, labels, mask = [], [], []
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            ids.append(r["input_ids"] + [self.pad_id] * pad)
+            labels.append(r["labels"] + [IGNORE] * pad)
+            mask.append([1] * len(r["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+        }
+
+
+# --- the transformers Trainer ------------------------------------------------------
+
+
+def progress_callback(report: Progress) -> Any:
+    """A Trainer callback that calls ``report`` after every optimiser step."""
+    from transformers import TrainerCallback
+
+    class _Report(TrainerCallback):  # type: ignore[misc]
+        loss: float | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            report({"phase": "train", "step": state.global_step,
+                    "total": state.max_steps, "loss": self.loss})
+
+    return _Report()
+
+
+def training_args(config: TrainConfig, ckpt_dir: Path, device: str, has_eval: bool) -> Any:
+    """TrainingArguments for ``config``, with resumable checkpoints in ``ckpt_dir``."""
+    from transformers import TrainingArguments
+
+    from trainer.lora import train_dtype
+
+    on_gpu = device.startswith("cuda")
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.lr,
+        warmup_steps=config.warmup,
+        weight_decay=config.weight_decay,
+        logging_steps=config.log_every,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_every,
+        save_strategy="steps",
+        save_steps=config.save_every,
+        save_total_limit=2,
+        seed=config.seed,
+        use_cpu=not on_gpu,
+        # bf16 autocast only on GPU; on CPU the base weights themselves are bf16.
+        bf16=on_gpu and train_dtype(config, device) == "bfloat16",
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        report_to=config.report_to or "none",
+        disable_tqdm=not config.progress,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        dataloader_num_workers=0,
+    )
+
+
+def make_trainer(model: Any, tok: Any, sets: tuple[Encoded, Encoded], config: TrainConfig,
+                 ckpt_dir: Path, device: str, report: Progress) -> Any:
+    """A transformers Trainer over the encoded ``(train, val)`` sets."""
+    from transformers import Trainer
+
+    train_set, val_set = sets
+    return Trainer(
+        model=model,
+        args=training_args(config, ckpt_dir, device, has_eval=bool(val_set.examples)),
+        data_collator=PadCollator(int(tok.pad_token_id)),
+        train_dataset=ExampleDataset(train_set.examples),
+        eval_dataset=ExampleDataset(val_set.examples) if val_set.examples else None,
+        callbacks=[progress_callback(report)],
+    )
+
+
+def fit(model: Any, tok: Any, sets: tuple[Encoded, Encoded], config: TrainConfig,
+        ckpt_dir: Path, device: str, report: Progress, resuming: bool) -> Any:
+    """Run the Trainer (from the last checkpoint when ``resuming``); returns it."""
+    trainer = make_trainer(model, tok, sets, config, ckpt_dir, device, report)
+    trainer.train(resume_from_checkpoint=True if resuming else None)
+    if sets[1].examples and trainer.state.global_step % config.eval_every:
+        trainer.evaluate()  # the curve ends with an eval point
+    return trainer
