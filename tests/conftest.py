@@ -91,9 +91,10 @@ def worker_env(redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def start_worker(name: str, env: dict[str, str], log_path: Path,
-                 queues: str = "extract", ready_timeout_s: float = 120) -> WorkerProc:
-    """Start ``celery -A workers worker`` and wait until it is consuming."""
-    cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo",
+                 queues: str = "extract", ready_timeout_s: float = 120,
+                 app: str = "workers") -> WorkerProc:
+    """Start ``celery -A <app> worker`` and wait until it is consuming."""
+    cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "solo",
            "-Q", queues, "-n", f"{name}@tests", "--loglevel", "INFO",
            "--without-mingle", "--without-gossip"]
     fh = open(log_path, "wb")

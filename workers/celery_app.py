@@ -15,7 +15,7 @@ from celery import signals
 from core.names import EXTRACT_QUEUE, EXTRACT_TASK
 from core.queue import make_celery
 from core.settings import Settings
-from workers import guard, hotswap, metrics
+from workers import control, guard, hotswap, metrics
 from workers.batching import ExtractBatches
 from workers.runtime import Runtime
 
@@ -39,7 +39,7 @@ def extract(self: Any, requests: Any) -> None:  # pragma: no cover - flush runs 
     """Batches of ``{"text", "id"}`` payloads; see ExtractBatches.flush."""
 
 
-for _plugin in (guard, hotswap, metrics):
+for _plugin in (guard, hotswap, metrics, control):
     _plugin.install(app, runtime, settings)
 
 
