@@ -153,3 +153,24 @@ def test_queue_poll_reads_list_lengths(redis_db: redis.Redis) -> None:
     m.poll_queues(redis_db)
     assert m.registry.get_sample_value("tiqu_queue_length", {"queue": "extract"}) == 3
     assert m.registry.get_sample_value("tiqu_queue_length", {"queue": "train"}) == 1
+
+
+def test_readiness_rules_for_extract_and_train_workers() -> None:
+    from tiqu.status import mask_url, ready_problems
+
+    loaded = {"queues": ["extract"], "model_loaded": True}
+    loading = {"queues": ["extract"], "model_loaded": False}
+    trainer = {"queues": ["train"]}  # answers active_queues only: no tiqu_info
+    silent = {"queues": ["extract"]}  # serves extract but gave no tiqu_info
+    workers = {"gpu0@a": loaded, "gpu1@a": loading, "train@a": trainer, "gpu2@a": silent}
+    assert ready_problems(workers, "gpu0@a") == []
+    assert ready_problems(workers, "train@a") == []  # its model loads per run
+    assert ready_problems(workers, "gpu1@a") == ["worker gpu1@a has no model loaded"]
+    assert "did not answer tiqu_info" in ready_problems(workers, "gpu2@a")[0]
+    assert ready_problems(workers, "gpu9@a") == ["worker gpu9@a did not reply"]
+    host = socket.gethostname()
+    assert ready_problems({f"gpu0@{host}": loaded, "gpu1@other": loading}, None) == []
+    assert ready_problems({"gpu1@other": loaded}, None) == [f"no worker named *@{host} replied"]
+    assert mask_url("rediss://:p%40ss@r:6380/0") == "rediss://:***@r:6380/0"
+    assert mask_url("redis://user:pw@r/1") == "redis://user:***@r/1"
+    assert mask_url("redis://r:6379/0") == "redis://r:6379/0"
