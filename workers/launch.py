@@ -44,25 +44,40 @@ def detect_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+def _celery_argv(app: str, queues: str, node: str, loglevel: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "solo",
+            "-Q", queues, "-n", node, "--loglevel", loglevel,
+            "--without-mingle", "--without-gossip"]
+
+
 def worker_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
-    """``(argv, extra env)`` for each worker process to start."""
+    """``(argv, extra env)`` for each worker process to start.
+
+    The ``extract`` queue gets one worker per GPU (``workers`` app). The
+    ``train`` queue is served by the ``trainer`` app, one process pinned to
+    the first GPU.
+    """
     gpus = detect_gpus() if args.gpus == "auto" else (
         [] if args.gpus == "cpu" else args.gpus.split(","))
     host = socket.gethostname()
     slots: list[str | None] = list(gpus) or [None]
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     cmds = []
-    for n, gpu in enumerate(slots):
+    for n, gpu in enumerate(slots if "extract" in queues else []):
         label = args.name or (f"gpu{gpu}" if gpu is not None else "cpu")
         if args.name and len(slots) > 1:
             label = f"{args.name}-gpu{gpu}"
-        env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
-        env["TIQU_ENGINE"] = args.engine
+        env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else "", "TIQU_ENGINE": args.engine}
         if args.metrics_port:
             env["TIQU_METRICS_PORT"] = str(args.metrics_port + n)
-        argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo",
-                "-Q", args.queues, "-n", f"{label}@{host}", "--loglevel", args.loglevel,
-                "--without-mingle", "--without-gossip"]
-        cmds.append((argv, env))
+        extract_queues = ",".join(q for q in queues if q != "train")
+        cmds.append((_celery_argv("workers", extract_queues, f"{label}@{host}", args.loglevel),
+                     env))
+    if "train" in queues:
+        gpu = slots[0]
+        label = f"{args.name or 'train'}-{'gpu' + gpu if gpu is not None else 'cpu'}"
+        env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
+        cmds.append((_celery_argv("trainer", "train", f"{label}@{host}", args.loglevel), env))
     return cmds
 
 
