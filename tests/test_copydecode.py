@@ -270,6 +270,25 @@ def test_escaped_quote_backslash_and_newline_are_copied_escaped() -> None:
     assert json.loads('"' + value + '"') == '说"好"\\n\n'
 
 
+def test_torch_path_masks_like_the_numpy_path() -> None:
+    """Scores numpy cannot hold (bf16 here, CUDA in service) take the torch path."""
+    cc = CopyConstraint(HAND, max_value_chars=2)
+    seq = ids_of('{"', "name", '":', ' "') + byte_ids("张三")
+    masks = []
+    for dtype in (torch.float32, torch.bfloat16):
+        proc = cc.logits_processor(["张三住在北京"], 100)
+        ids = torch.zeros(1, 3, dtype=torch.long)
+        for t in [*seq, None]:
+            out = proc(ids, torch.zeros(1, len(cc.tb.tokens), dtype=dtype))
+            if t is not None:
+                ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+        assert out.dtype == dtype
+        masks.append(out.float())
+    assert torch.equal(masks[0], masks[1])
+    assert masks[0][0, ids_of('",')[0]] > 0  # the closing bias at the cap
+    assert masks[0][0, ids_of("住在")[0]] == float("-inf")  # no third character
+
+
 def test_lone_surrogate_is_copied_as_its_escape() -> None:
     esc = EscapedText("a\ud800b", None)
     assert esc.data == b"a\\ud800b"
