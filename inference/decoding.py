@@ -69,10 +69,7 @@ class CopyDecoder:
     """Values are ``null`` or spans copied from the input (see inference.copydecode)."""
 
     def __init__(self, tokenizer: Any, settings: Settings) -> None:
-        try:
-            from inference.copydecode import CopyConstraint
-        except ImportError:  # not moved yet
-            from workers.copydecode import CopyConstraint  # type: ignore[no-redef]
+        from inference.copydecode import CopyConstraint
 
         self.constraint = CopyConstraint(tokenizer)
 

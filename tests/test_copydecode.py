@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from core.prompting import render_prompt
 from core.schema import FIELDS, answer_json
+from inference.copydecode import CopyConstraint, bench_mask
+from inference.vocab import EscapedText, TokenBytes, _byte_decoder
 from tests.tiny import CHATML, CORPUS, SPECIALS, _sp_tokenizer, build_model, build_tokenizer
-from workers.copydecode import CopyConstraint, bench_mask
-from workers.vocab import EscapedText, TokenBytes, _byte_decoder
 
 # ---------------------------------------------------------------- tokenizers
 

@@ -3,7 +3,7 @@ is ``null`` or a non-empty span copied verbatim from the input, and every row en
 with EOS within its token budget.
 
 The output automaton works on bytes. Literal states are positions in the all-null
-answer (see :class:`workers.vocab.AnswerFormat`). Inside a value the state is the
+answer (see :class:`inference.vocab.AnswerFormat`). Inside a value the state is the
 set of end positions in the JSON-escaped input ``E = json.dumps(text)[1:-1]`` at
 which the bytes copied so far occur (a subset construction, so a row need not
 commit to one occurrence). Values start and end only at character boundaries of
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from workers import vocab
-from workers.vocab import INF, AnswerFormat, EscapedText, Outcome, RowState, TokenBytes
+from inference import vocab
+from inference.vocab import INF, AnswerFormat, EscapedText, Outcome, RowState, TokenBytes
 
 LIT, COPY, DONE = vocab.LIT, vocab.COPY, vocab.DONE
 _NO_LIMIT = np.iinfo(np.int64).max // 4
