@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     adapter_dir: Path | None = Field(
         None, description="Shared adapter folder; defaults to cache_dir/adapters."
     )
+    adapter_promote_margin: float = Field(
+        0.0,
+        description="Automatic promotion: the largest drop in any score (vs the active "
+        "adapter, same eval set) still accepted; negative demands a gain.",
+    )
 
     # --- Operations -------------------------------------------------------------
     metrics_port: int | None = Field(

@@ -77,7 +77,13 @@ class Engine:
         from peft import PeftModel
 
         if isinstance(self.model, PeftModel):
-            self.model.load_adapter(path, adapter_name=version)
+            try:
+                self.model.load_adapter(path, adapter_name=version)
+            except Exception:
+                # A half-loaded adapter must not linger next to the serving one.
+                if version in self.model.peft_config and version != self.adapter_version:
+                    self.model.delete_adapter(version)
+                raise
         else:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=version)
         self.model.set_adapter(version)
@@ -85,6 +91,15 @@ class Engine:
         old, self.adapter_version = self.adapter_version, version
         if old and old != version:
             self.model.delete_adapter(old)
+
+    def use_base(self) -> None:
+        """Serve the base model alone: remove every adapter's layers (no merge)."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model = self.model.unload()
+            self.model.eval()
+        self.adapter_version = None
 
     # --- decoding -----------------------------------------------------------
     def _decoder(self, mode: str) -> Any:
