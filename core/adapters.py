@@ -283,6 +283,8 @@ def _previous(history: list[Promotion]) -> str:
                 stack.pop()
         else:
             stack.append(entry.to_version)
+    if not stack:
+        raise ConfigError("no promotion to roll back: the history has none still in force")
     return stack[-2] if len(stack) >= 2 else BASE
 
 

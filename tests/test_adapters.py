@@ -150,6 +150,8 @@ def test_promote_rollback_and_history(
     reg.publish(adapter_dir)
     reg.publish(adapter_dir, version="v2")
     assert reg.active() is None
+    with pytest.raises(ConfigError, match="no promotion to roll back"):
+        reg.rollback()
     with pytest.raises(ModelNotFound, match="'v9' is not published"):
         reg.promote("v9")
     assert redis_db.get(ACTIVE_ADAPTER_KEY) is None
@@ -163,6 +165,8 @@ def test_promote_rollback_and_history(
     assert reg.active() == "none"
     reg.promote("v2")
     assert reg.rollback().to_version == "none"  # v1 and v2 were both rolled back
+    with pytest.raises(ConfigError, match="no promotion to roll back"):
+        reg.rollback()
 
     hist = reg.history()
     assert [(h.from_version, h.to_version) for h in hist] == [

@@ -158,7 +158,10 @@ def install(app: Any, runtime: Any, settings: Settings) -> None:
     def on_ready(**_: Any) -> None:
         # A worker that starts after a promotion serves the active version
         # before its first batch, and reports itself.
-        swapper.sync()
+        try:
+            swapper.sync()
+        except Exception as err:  # Redis unreachable: the per-batch check catches up
+            log.warning("adapter check at start failed: %s: %s", type(err).__name__, err)
 
     def on_shutdown(**_: Any) -> None:
         swapper.forget()
