@@ -85,6 +85,9 @@ def worker_env(redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
+        # Several workers share two cores in the suite; one thread each avoids
+        # oversubscription that made generation 4-10x slower.
+        "OMP_NUM_THREADS": "1",
     })
     env.update(extra)
     return env
