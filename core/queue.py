@@ -29,6 +29,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redelivery of unacknowledged tasks after a worker dies; must exceed
         # the slowest batch or a slow batch would be run twice.
         "visibility_timeout": settings.visibility_timeout_s,
+        # kombu looks for expired unacked messages only every interval x
+        # throttle seconds (10 x 10 by default); sweep often enough that a
+        # dead worker's tasks return soon after the visibility timeout.
+        "unacked_restore_interval": max(1, min(60, settings.visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
+        # A worker killed during a sweep leaves the sweep's lock behind (300 s
+        # by default), and nobody restores until it expires. A sweep takes
+        # milliseconds, and restores are transactions, so a short lock is safe.
+        "unacked_mutex_expire": max(5, min(60, settings.visibility_timeout_s // 2)),
+        # One Redis list per queue (tiqu sends no priorities), so a worker can
+        # fetch with BRPOPLPUSH, which takes a single list (workers.fetch).
+        "priority_steps": [0],
         "health_check_interval": 10,
     }
     conf: dict[str, Any] = {

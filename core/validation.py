@@ -26,8 +26,7 @@ def validate_payload(payload: Any, max_text_chars: int) -> tuple[str | None, str
     """
     if not isinstance(payload, dict):
         raise InvalidInput(f"payload must be an object, got {type(payload).__name__}")
-    raw_id = payload.get("id")
-    task_id = None if raw_id is None else str(raw_id)[:200]
+    task_id = payload_id(payload)
     if "text" not in payload:
         raise InvalidInput("payload has no 'text' field", code="missing_text")
     text = payload["text"]
@@ -49,7 +48,24 @@ def validate_payload(payload: Any, max_text_chars: int) -> tuple[str | None, str
             f"text has {len(text)} chars, max_text_chars is {max_text_chars}",
             code="text_too_long",
         )
+    try:
+        # A JSON escape like "\ud800" decodes to a lone surrogate, which no
+        # tokenizer or UTF-8 encoder accepts.
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInput(
+            f"text is not valid Unicode (lone surrogate at char {err.start})",
+            code="invalid_encoding",
+        ) from err
     return task_id, text
+
+
+def payload_id(payload: Any) -> str | None:
+    """The caller's ``id`` as a string of at most 200 chars that UTF-8 can encode."""
+    if not isinstance(payload, dict) or payload.get("id") is None:
+        return None
+    raw = str(payload["id"])[:200]
+    return raw.encode("utf-8", "replace").decode("utf-8")
 
 
 def _first_object(raw: str) -> str:

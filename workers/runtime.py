@@ -16,7 +16,7 @@ from typing import Any
 from core.errors import InvalidInput, TiquError
 from core.schema import Complaint, Envelope
 from core.settings import Settings
-from core.validation import grounding, validate_payload
+from core.validation import grounding, payload_id, validate_payload
 from inference.engine import Outcome
 
 log = logging.getLogger("tiqu.worker")
@@ -84,7 +84,7 @@ class Runtime:
                 id_, text = validate_payload(payload, self.settings.max_text_chars)
                 valid.append((i, id_, text))
             except InvalidInput as err:
-                envelopes[i] = self._error(_payload_id(payload), err, start)
+                envelopes[i] = self._error(payload_id(payload), err, start)
         outcomes = self._extract([t for _, _, t in valid])
         for (i, id_, text), outcome in zip(valid, outcomes, strict=True):
             envelopes[i] = self._envelope(id_, text, outcome, start)
@@ -129,9 +129,3 @@ class Runtime:
             return Envelope.failure(id_, err.code, message, **self._common(start))
         return Envelope(id=id_, status="ok", result=outcome.complaint,
                         grounded=grounding(outcome.complaint, text), **self._common(start))
-
-
-def _payload_id(payload: Any) -> str | None:
-    if isinstance(payload, dict) and payload.get("id") is not None:
-        return str(payload["id"])[:200]
-    return None

@@ -1,0 +1,292 @@
+"""``tiqu soak``: send complaints while killing workers with SIGKILL; count what was lost.
+
+Starts ``--workers`` Celery workers (subprocesses, solo pool) on ``--redis-url``,
+a database of the soak's own: it refuses a database that holds keys unless
+``--flush`` is given. It sends ``--tasks`` complaints at ``--rate`` per second
+and, while sending, kills a random worker with SIGKILL every ``--kill-every``
+seconds and starts a replacement. Then it stops killing and waits up to
+``--drain-timeout-s`` for the remaining answers.
+
+Reported: tasks sent, answered, ``lost`` (sent - answered at the end),
+``mismatched`` (an answer for the wrong complaint), and ``duplicates``: tasks
+executed more than once. Executions are counted from the workers' own logs,
+which is free: the runtime logs one line per task (``task <task id> id=...
+status=...``) after its batch ran and before its result is stored, so a task
+whose worker died after running it but before storing shows two lines. A
+redelivered task whose result already exists is acknowledged without running
+(``already answered``); those are reported as ``skipped_redeliveries``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+from core.settings import Settings
+
+_EXECUTED = re.compile(r"\] task (\S+) id=\S* status=")
+_SKIPPED = "already answered; acknowledging the duplicate"
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("soak", help="run tasks while killing workers; count lost answers")
+    p.add_argument("--tasks", type=int, default=5000, help="complaints to send")
+    p.add_argument("--kill-every", type=float, default=10.0, metavar="S",
+                   help="SIGKILL a random worker every S seconds while sending")
+    p.add_argument("--workers", type=int, default=2, help="workers kept running")
+    p.add_argument("--engine", choices=["echo", "model"], default="echo")
+    p.add_argument("--rate", type=float, default=50.0, help="complaints sent per second")
+    p.add_argument("--visibility-timeout-s", type=int, default=10,
+                   help="workers' TIQU_VISIBILITY_TIMEOUT_S (redelivery delay)")
+    p.add_argument("--batch-size", type=int, default=16, help="workers' TIQU_BATCH_SIZE")
+    p.add_argument("--drain-timeout-s", type=float, default=None,
+                   help="wait this long for answers after the last send "
+                        "(default: 3 x visibility timeout + 60)")
+    p.add_argument("--log-dir", type=Path, help="worker logs (default: a temporary folder)")
+    p.add_argument("--flush", action="store_true", help="FLUSHDB the soak's database first")
+    p.add_argument("--seed", type=int, default=0, help="which worker gets killed")
+    p.add_argument("--json", type=Path, help="also write the report here")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Report:
+    """What a soak run measured."""
+
+    tasks: int
+    workers: int
+    engine: str
+    rate_per_s: float
+    kill_every_s: float
+    visibility_timeout_s: int
+    sent: int = 0
+    answered: int = 0
+    ok: int = 0
+    errors: int = 0
+    lost: int = 0
+    mismatched: int = 0
+    duplicates: int = 0
+    executions: int = 0
+    skipped_redeliveries: int = 0
+    kills: int = 0
+    workers_started: int = 0
+    send_s: float = 0.0
+    drain_s: float = 0.0
+    answer_delay_p50_s: float = 0.0
+    answer_delay_p99_s: float = 0.0
+    answer_delay_max_s: float = 0.0
+    lost_ids: list[str] = field(default_factory=list)
+
+
+class Fleet:
+    """The soak's worker processes: start, kill at random, replace, stop."""
+
+    def __init__(self, settings: Settings, args: argparse.Namespace, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.env = {**os.environ, "TIQU_REDIS_URL": settings.redis_url,
+                    "TIQU_ENGINE": args.engine, "TIQU_BATCH_SIZE": str(args.batch_size),
+                    "TIQU_VISIBILITY_TIMEOUT_S": str(args.visibility_timeout_s),
+                    "PYTHONUNBUFFERED": "1"}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.started = 0
+        self.host = socket.gethostname()
+
+    def start_one(self) -> str:
+        self.started += 1
+        name = f"soak{self.started}@{self.host}"
+        argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo",
+                "-Q", "extract", "-n", name, "--loglevel", "INFO",
+                "--without-mingle", "--without-gossip"]
+        log = open(self.log_dir / f"soak{self.started}.log", "wb")
+        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        return name
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for n in range(1, self.started + 1):
+            path = self.log_dir / f"soak{n}.log"
+            while b" ready." not in path.read_bytes():
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"worker soak{n} not ready in {timeout_s} s; see {path}")
+                time.sleep(0.2)
+
+    def kill_random(self, rng: random.Random) -> str:
+        alive = sorted(n for n, p in self.procs.items() if p.poll() is None)
+        victim = rng.choice(alive)
+        self.procs[victim].send_signal(signal.SIGKILL)
+        self.procs[victim].wait()
+        return victim
+
+    def stop_all(self, timeout_s: float = 30) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _complaint(i: int) -> str:
+    return f"客户{i}号投诉：宽带第{i % 97 + 1}次断网，地址测试路{i}号，邮箱 c{i}@example.com"
+
+
+class Tracker:
+    """Sent tasks still waiting for an answer, and what the answers said."""
+
+    def __init__(self, client: Any, report: Report) -> None:
+        self.client = client
+        self.report = report
+        self.waiting: dict[str, tuple[int, float]] = {}  # task id -> (index, sent at)
+        self.delays: list[float] = []
+        self.start = time.monotonic()
+
+    def send(self, start: int, count: int) -> None:
+        sent = self.client.submit_many([(f"s{i}", _complaint(i))
+                                        for i in range(start, start + count)])
+        now = time.monotonic()
+        for i, s in enumerate(sent, start):
+            self.waiting[s.task_id] = (i, now)
+        self.report.sent += count
+
+    def poll(self) -> None:
+        ids = list(self.waiting)
+        for chunk in range(0, len(ids), 5000):
+            part = ids[chunk:chunk + 5000]
+            now = time.monotonic()
+            for task_id, env in zip(part, self.client.poll(part), strict=True):
+                if env is not None:
+                    self._answered(task_id, env, now)
+
+    def _answered(self, task_id: str, env: dict[str, Any], now: float) -> None:
+        index, sent_at = self.waiting.pop(task_id)
+        self.delays.append(now - sent_at)
+        self.report.answered += 1
+        if env.get("status") == "ok":
+            self.report.ok += 1
+        else:
+            self.report.errors += 1
+        result = env.get("result") or {}
+        if env.get("id") != f"s{index}" or (
+                self.report.engine == "echo" and result.get("question") != _complaint(index)):
+            self.report.mismatched += 1
+
+
+def _drive(args: argparse.Namespace, fleet: Fleet, tracker: Tracker) -> None:
+    """Send at the target rate, kill on schedule, poll; then drain."""
+    report, rng = tracker.report, random.Random(args.seed)
+    start = tracker.start = time.monotonic()
+    next_kill = start + args.kill_every
+    next_poll = start
+    while report.sent < args.tasks:
+        now = time.monotonic()
+        due = min(args.tasks, int((now - start) * args.rate) + 1) - report.sent
+        if due > 0:
+            tracker.send(report.sent, due)
+        if now >= next_kill:
+            victim = fleet.kill_random(rng)
+            replacement = fleet.start_one()
+            report.kills += 1
+            print(f"{now - start:7.1f} s  killed {victim}, started {replacement}",
+                  file=sys.stderr)
+            next_kill += args.kill_every
+        if now >= next_poll:
+            tracker.poll()
+            next_poll = now + 0.5
+        time.sleep(0.02)
+    report.send_s = round(time.monotonic() - start, 1)
+    drain_timeout_s = args.drain_timeout_s or 3 * args.visibility_timeout_s + 60
+    drain_start = time.monotonic()
+    while tracker.waiting and time.monotonic() - drain_start < drain_timeout_s:
+        time.sleep(0.5)
+        tracker.poll()
+    report.drain_s = round(time.monotonic() - drain_start, 1)
+
+
+def _count_executions(log_dir: Path, report: Report) -> None:
+    runs: Counter[str] = Counter()
+    for path in sorted(log_dir.glob("soak*.log")):
+        text = path.read_text(errors="replace")
+        runs.update(_EXECUTED.findall(text))
+        report.skipped_redeliveries += text.count(_SKIPPED)
+    report.executions = sum(runs.values())
+    report.duplicates = sum(1 for n in runs.values() if n > 1)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from producer import Client
+
+    client = Client.from_settings(settings)
+    if args.flush:
+        client.broker.flushdb()
+    elif client.broker.dbsize():
+        raise ConfigError(f"the soak database {settings.redis_url} holds "
+                          f"{client.broker.dbsize()} keys; use a database of its own or --flush")
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="tiqu-soak-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    report = Report(args.tasks, args.workers, args.engine, args.rate, args.kill_every,
+                    args.visibility_timeout_s)
+    fleet = Fleet(settings, args, log_dir)
+    tracker = Tracker(client, report)
+    try:
+        for _ in range(args.workers):
+            fleet.start_one()
+        fleet.wait_ready(timeout_s=300)
+        _drive(args, fleet, tracker)
+    finally:
+        fleet.stop_all()
+    tracker.poll()
+    _finish(report, tracker, fleet, log_dir)
+    _print(report, log_dir)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return 0 if report.lost == 0 and report.mismatched == 0 else 1
+
+
+def _finish(report: Report, tracker: Tracker, fleet: Fleet, log_dir: Path) -> None:
+    report.lost = report.sent - report.answered
+    report.lost_ids = [f"{task_id} (s{index}, sent at {sent_at - tracker.start:.1f} s)"
+                       for task_id, (index, sent_at) in sorted(tracker.waiting.items())[:20]]
+    report.workers_started = fleet.started
+    report.answer_delay_p50_s = _percentile(tracker.delays, 0.5)
+    report.answer_delay_p99_s = _percentile(tracker.delays, 0.99)
+    report.answer_delay_max_s = _percentile(tracker.delays, 1.0)
+    _count_executions(log_dir, report)
+
+
+def _print(report: Report, log_dir: Path) -> None:
+    rows = [("sent", report.sent), ("answered", report.answered), ("lost", report.lost),
+            ("mismatched", report.mismatched), ("duplicates (ran twice)", report.duplicates),
+            ("executions", report.executions),
+            ("skipped redeliveries", report.skipped_redeliveries),
+            ("kills", report.kills), ("workers started", report.workers_started),
+            ("send time (s)", report.send_s), ("drain time (s)", report.drain_s),
+            ("answer delay p50/p99/max (s)", f"{report.answer_delay_p50_s} / "
+             f"{report.answer_delay_p99_s} / {report.answer_delay_max_s}")]
+    for label, value in rows:
+        print(f"{label:<30} {value}")
+    print(f"{'worker logs':<30} {log_dir}")
