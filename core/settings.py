@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto picks bfloat16 on GPU and CPU."
+        "auto", description="auto: bfloat16 on GPU and on CPUs with native bf16, else float32."
     )
     decoding: Decoding = Field(
         "copy",

@@ -143,13 +143,28 @@ def pick_device(settings: Settings) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_dtype(settings: Settings, device: str) -> Any:
+    """bf16 on GPUs and on CPUs with native bf16; float32 elsewhere.
+
+    On an AVX2-only CPU a bf16 linear layer measured 3.7x slower than fp32 at
+    decode shapes (batch 16 x 576), so ``auto`` keeps such CPUs in fp32.
+    """
     import torch
 
     if settings.dtype != "auto":
         return getattr(torch, settings.dtype)
-    # bf16 measured ~20% faster than fp32 for generation on CPU too.
-    return torch.bfloat16
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
 def load_base(settings: Settings) -> tuple[Any, Any, str]:
