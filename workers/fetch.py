@@ -13,7 +13,8 @@ liveness key (``tiqu:alive:<node>``), puts its own leftovers back on the queue
 (anything on its list while no fetch is outstanding, e.g. a reply kombu
 discarded) and does the same for every node whose liveness key has expired.
 A message caught on the list and in ``unacked`` at the moment of death can be
-delivered twice; the result store (``SET NX``) makes that harmless.
+delivered twice; the result store (``SET NX``) makes that harmless. A worker
+shutting down warmly requeues its leftovers and removes its keys itself.
 
 :func:`patch_redis_transport` also drops list items that are not kombu
 messages (not JSON, no delivery tag, a body that is not base64), which kombu
@@ -116,6 +117,13 @@ def recorded(channel: Any) -> None:
 def register(client: Any, inflight: InFlight) -> None:
     client.set(inflight.alive_key, "1", ex=inflight.ttl_s)
     client.sadd(REGISTRY_KEY, inflight.key)
+
+
+def unregister(client: Any, inflight: InFlight) -> None:
+    """On shutdown, with no fetch outstanding: requeue leftovers, drop this node's keys."""
+    _requeue(client, inflight.key, inflight.queue)
+    client.srem(REGISTRY_KEY, inflight.key)
+    client.delete(inflight.alive_key)
 
 
 def tend(client: Any, inflight: InFlight, idle: bool) -> int:

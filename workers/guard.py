@@ -266,9 +266,7 @@ class Guard:
 
     def start_fetch(self, c: Any) -> None:
         """Fetch with BRPOPLPUSH when consuming one queue; tend in-flight lists on a timer."""
-        if self._tend is not None:
-            self._tend.cancel()
-            self._tend = None
+        self.stop_fetch(shutdown=False)
         queues = [q.name for q in getattr(c.task_consumer, "queues", None) or []]
         if self.channel is None or len(queues) != 1:
             return
@@ -278,6 +276,20 @@ class Guard:
         with self.channel.conn_or_acquire() as client:
             fetch.register(client, self.inflight)
         self._tend = c.timer.call_repeatedly(interval_s, self.tend)
+
+    def stop_fetch(self, shutdown: bool) -> None:
+        """Stop tending; on shutdown also settle the last fetch and unregister."""
+        if self._tend is not None:
+            self._tend.cancel()
+            self._tend = None
+        if not shutdown or self.inflight is None or self.channel is None:
+            return
+        try:
+            self.settle_pending_pop()
+            with self.channel.conn_or_acquire() as client:
+                fetch.unregister(client, self.inflight)
+        except Exception as err:  # Redis away: the other workers requeue after the TTL
+            log.warning("could not unregister the in-flight list: %s", type(err).__name__)
 
     def tend(self) -> None:
         """Settle the pending fetch, then requeue orphaned in-flight messages."""
@@ -324,6 +336,12 @@ def consumer_step(guard: Guard) -> type[bootsteps.StartStopStep]:
                 c.strategies[name] = guard.wrap_strategy(strategy)
             for task in c.app.tasks.values():
                 rearm_flush_timer(task, c.timer)
+
+        def stop(self, c: Any) -> None:
+            guard.stop_fetch(shutdown=False)
+
+        def shutdown(self, c: Any) -> None:
+            guard.stop_fetch(shutdown=True)
 
     return GuardStep
 
