@@ -102,6 +102,20 @@ def test_padding_is_masked_and_an_eos_that_equals_pad_is_still_learned() -> None
     assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
 
 
+def test_trimmed_logits_give_the_same_loss(tiny_model: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    rows = [{"input_ids": e.input_ids, "labels": e.labels}
+            for e in encode_records(tok, synth_records(4, seed=6), 4096).examples]
+    full = PadCollator(tok.pad_token_id)(rows)
+    trim = PadCollator(tok.pad_token_id, trim_logits=True)(rows)
+    assert trim["logits_to_keep"] < full["input_ids"].shape[1]
+    assert trim["labels"].shape[1] == trim["logits_to_keep"]
+    assert model(**trim).loss.item() == pytest.approx(model(**full).loss.item(), rel=1e-5)
+
+
 # --- config ---------------------------------------------------------------------
 
 

@@ -105,10 +105,17 @@ class PadCollator:
 
     The mask, not the pad id, marks padding, so a tokenizer whose pad token is
     also its end-of-turn token still learns to emit that token.
+
+    With ``trim_logits``, the batch also carries ``logits_to_keep``: the model
+    computes logits only from the earliest position that predicts an answer
+    token, and ``labels`` are cut to match. The loss is unchanged; the output
+    head, a fifth of a small model's compute and most of its activation memory,
+    then runs on the answers instead of the whole prompt.
     """
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, trim_logits: bool = False) -> None:
         self.pad_id = pad_id
+        self.trim_logits = trim_logits
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -120,11 +127,21 @@ class PadCollator:
             ids.append(r["input_ids"] + [self.pad_id] * pad)
             labels.append(r["labels"] + [IGNORE] * pad)
             mask.append([1] * len(r["input_ids"]) + [0] * pad)
-        return {
+        batch: dict[str, Any] = {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.tensor(mask, dtype=torch.long),
         }
+        if self.trim_logits:
+            # the logit at position i predicts the token at i + 1
+            start = max(0, min(_first_label(r["labels"]) for r in rows) - 1)
+            batch["labels"] = batch["labels"][:, start:]
+            batch["logits_to_keep"] = width - start
+        return batch
+
+
+def _first_label(labels: list[int]) -> int:
+    return next((i for i, x in enumerate(labels) if x != IGNORE), len(labels))
 
 
 # --- the transformers Trainer ------------------------------------------------------
@@ -196,7 +213,7 @@ def make_trainer(model: Any, tok: Any, sets: tuple[Encoded, Encoded], config: Tr
     return Trainer(
         model=model,
         args=training_args(config, ckpt_dir, device, has_eval=bool(val_set.examples)),
-        data_collator=PadCollator(int(tok.pad_token_id)),
+        data_collator=PadCollator(int(tok.pad_token_id), trim_logits=config.trim_logits),
         train_dataset=ExampleDataset(train_set.examples),
         eval_dataset=ExampleDataset(val_set.examples) if val_set.examples else None,
         callbacks=[progress_callback(report)],
