@@ -298,6 +298,14 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path, tiny_mod
         train(settings, records, out / "run", config)
 
 
+def test_a_time_limit_ends_training_early(tmp_path: Path, tiny_model: Path) -> None:
+    config = TrainConfig(max_steps=50, max_train_s=1e-3, **{**FAST, "eval_limit": 0})
+    manifest = train(Settings(base_model=str(tiny_model)), synth_records(24, 4),
+                     tmp_path / "run", config)
+    assert manifest.timings["steps"] == 1  # checked after every step
+    assert (tmp_path / "run/adapter/adapter_model.safetensors").exists()
+
+
 @pytest.mark.gpu
 def test_two_steps_on_cuda_in_bf16(tmp_path: Path, tiny_model: Path) -> None:
     import torch

@@ -19,8 +19,9 @@ from core.settings import Settings
 
 #: CLI option -> TrainConfig field, for options that are passed through unchanged.
 PASSTHROUGH = (
-    "r", "alpha", "dropout", "lr", "epochs", "max_steps", "batch_size", "grad_accum", "max_len",
-    "warmup", "eval_every", "save_every", "eval_limit", "decoding", "dtype", "seed", "report_to",
+    "r", "alpha", "dropout", "lr", "epochs", "max_steps", "max_train_s", "batch_size",
+    "grad_accum", "max_len", "warmup", "eval_every", "eval_loss_rows", "save_every", "eval_limit",
+    "eval_batch_size", "decoding", "dtype", "seed", "report_to",
 )
 
 
@@ -42,15 +43,21 @@ def parse_layers(spec: str) -> list[int]:
 
 
 def _train_parser(sub: Any) -> None:
+    from dataclasses import fields
+
+    from trainer.lora import TrainConfig
+
+    defaults = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
     p = sub.add_parser("train", help="fine-tune a LoRA adapter (locally or on the train queue)")
     p.add_argument("--data", required=True, help="training data (seed, chat or gold rows)")
     p.add_argument("--out", type=Path, help="run folder (required unless --submit)")
     for name, kind in (("r", int), ("alpha", int), ("dropout", float), ("lr", float),
-                       ("epochs", float), ("max-steps", int), ("batch-size", int),
+                       ("epochs", float), ("max-steps", int), ("max-train-s", float),
+                       ("batch-size", int),
                        ("grad-accum", int), ("max-len", int), ("warmup", float),
-                       ("eval-every", int), ("save-every", int), ("eval-limit", int),
-                       ("seed", int)):
-        p.add_argument(f"--{name}", type=kind, help="default: see docs/training.md")
+                       ("eval-every", int), ("eval-loss-rows", int), ("save-every", int),
+                       ("eval-limit", int), ("eval-batch-size", int), ("seed", int)):
+        p.add_argument(f"--{name}", type=kind, help=f"default {defaults[name.replace('-', '_')]}")
     p.add_argument("--layers", type=parse_layers, help="LoRA only on these layers: top4, 20-23")
     p.add_argument("--decoding", choices=["copy", "schema", "none"], help="for the final eval")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], help="base weight dtype")

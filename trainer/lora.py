@@ -50,7 +50,8 @@ class TrainConfig:
     ``layers`` puts LoRA only on those decoder layers (peft ``layers_to_transform``);
     negative numbers count from the top, so ``[-4, -3, -2, -1]`` is the top four.
     Backward then stops at the lowest adapted layer, which makes CPU steps cheaper.
-    ``max_steps`` (when set) overrides ``epochs``. ``eval_limit`` caps the test rows
+    ``max_steps`` (when set) overrides ``epochs``; ``max_train_s`` stops training
+    after that many seconds of steps, whatever the step count. ``eval_limit`` caps the test rows
     generated for ``eval.json``; ``eval_loss_rows`` caps the validation rows of the
     periodic eval loss.
     """
@@ -65,6 +66,7 @@ class TrainConfig:
     lr: float = 1e-4
     epochs: float = 3.0
     max_steps: int | None = None
+    max_train_s: float | None = None
     batch_size: int = 8
     grad_accum: int = 1
     max_len: int = 512
@@ -107,6 +109,8 @@ class TrainConfig:
             out.append(f"lr must be in (0, 1), got {self.lr}")
         if self.epochs <= 0 and not self.max_steps:
             out.append(f"epochs must be > 0 when max_steps is not set, got {self.epochs}")
+        if self.max_train_s is not None and self.max_train_s <= 0:
+            out.append(f"max_train_s must be > 0 or unset, got {self.max_train_s}")
         if self.max_steps is not None and self.max_steps < 1:
             out.append(f"max_steps must be >= 1 or unset, got {self.max_steps}")
         if not 0 <= self.warmup < 1:

@@ -15,6 +15,7 @@ imported inside functions, so this module stays light to import.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,27 @@ def progress_callback(report: Progress) -> Any:
     return _Report()
 
 
+def time_limit_callback(limit_s: float) -> Any:
+    """A Trainer callback that stops training after ``limit_s`` seconds of steps.
+
+    The learning-rate schedule still runs over ``max_steps``; a stopped run ends
+    with its rate part-way down, and its last step is checkpointed as usual.
+    """
+    from transformers import TrainerCallback
+
+    class _Stop(TrainerCallback):  # type: ignore[misc]
+        start_s = 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.start_s = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if time.monotonic() - self.start_s >= limit_s:
+                control.should_training_stop = True
+
+    return _Stop()
+
+
 def training_args(config: TrainConfig, ckpt_dir: Path, device: str, has_eval: bool) -> Any:
     """TrainingArguments for ``config``, with resumable checkpoints in ``ckpt_dir``."""
     from transformers import TrainingArguments
@@ -216,7 +238,8 @@ def make_trainer(model: Any, tok: Any, sets: tuple[Encoded, Encoded], config: Tr
         data_collator=PadCollator(int(tok.pad_token_id), trim_logits=config.trim_logits),
         train_dataset=ExampleDataset(train_set.examples),
         eval_dataset=ExampleDataset(val_set.examples) if val_set.examples else None,
-        callbacks=[progress_callback(report)],
+        callbacks=[progress_callback(report)]
+        + ([time_limit_callback(config.max_train_s)] if config.max_train_s else []),
     )
 
 
