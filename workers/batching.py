@@ -57,8 +57,7 @@ class ExtractBatches(Batches):
             for r, env in zip(todo, envelopes, strict=True):
                 r.send_event("task-succeeded", result=f"status={env['status']}", runtime=(
                     (env.get("latency_ms") or 0) / 1000))
-        for r in requests:
-            r.acknowledge()
+        acknowledge_all(requests)
 
     def _store(self, requests: list[Any], envelopes: list[dict[str, Any]]) -> None:
         now = datetime.now(UTC).isoformat()
@@ -71,3 +70,43 @@ class ExtractBatches(Batches):
             pipe.set(key, value, ex=self.result_ttl_s, nx=True)
             pipe.publish(key, value)
         pipe.execute()
+
+
+def acknowledge_all(requests: list[Any]) -> None:
+    """Acknowledge a stored batch; on Redis, in one round trip for all of it.
+
+    kombu's Redis transport removes each acknowledged message from its unacked
+    index with a MULTI/EXEC of its own, and Celery defers each ack to the next
+    loop turn: one round trip per task, a third of a worker's Redis traffic on
+    a fast engine. Here every message is acknowledged through kombu as usual,
+    but the removals share one pipeline. Should it fail, the messages stay in
+    the unacked index and come back after the visibility timeout, when their
+    stored results make the worker acknowledge them without running them again.
+    Other transports get the usual per-message acks.
+    """
+    todo = [r for r in requests if not r.acknowledged]
+    channel = getattr(getattr(todo[0], "message", None), "channel", None) if todo else None
+    qos = getattr(channel, "qos", None)
+    if qos is None or not hasattr(qos, "_remove_from_indices"):
+        for r in todo:
+            r.acknowledge()
+        return
+    from kombu.transport import virtual
+
+    with qos.pipe_or_acquire() as pipe:
+        def ack(delivery_tag: Any) -> None:
+            qos._remove_from_indices(delivery_tag, pipe)
+            virtual.QoS.ack(qos, delivery_tag)  # frees the prefetch slot
+
+        qos.ack = ack
+        try:
+            for r in todo:
+                r.message.ack()
+                r.acknowledged = True
+        finally:
+            del qos.ack  # back to the class's method
+        try:
+            pipe.execute()
+        except Exception as err:  # as kombu's ack_log_error: log, the message returns later
+            log.warning("acknowledging %d tasks failed: %s; they will be redelivered",
+                        len(todo), type(err).__name__)
