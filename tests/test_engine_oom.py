@@ -7,7 +7,6 @@ wrapped to fail or to return fixed text, everything else is the real code path.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -212,12 +211,6 @@ def test_copy_mode_output_is_not_retried(engine: Engine, monkeypatch: pytest.Mon
     assert all(isinstance(o.error, InvalidModelOutput) and not o.retried for o in outcomes)
 
 
-def _copy_decoder_available() -> bool:
-    return any(importlib.util.find_spec(m) is not None
-               for m in ("inference.copydecode", "inference.copydecode"))
-
-
-@pytest.mark.skipif(not _copy_decoder_available(), reason="copy-constrained decoder not present")
 def test_copy_retry_answers_with_grounded_values(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -241,7 +241,6 @@ def test_rediss_tls_url_works_end_to_end(
 # --- Flower ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (ROOT / "tiqu" / "flower.py").exists(), reason="tiqu flower not present")
 def test_flower_refuses_to_start_unauthenticated_on_a_public_address(redis_url: str) -> None:
     port = free_port()
     env = {k: v for k, v in worker_env(redis_url, Path("unused")).items()
