@@ -53,8 +53,8 @@ def test_cli_extract_keeps_input_order(
     out = tmp_path / "out.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "tiqu", "--redis-url", redis_url, "extract", str(src),
-         "-o", str(out), "--timeout-s", "120"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+         "-o", str(out), "--timeout-s", "600"],
+        cwd=ROOT, capture_output=True, text=True, timeout=700,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     envs = [json.loads(line) for line in out.read_text().splitlines()]
