@@ -28,7 +28,7 @@ def test_round_trip_envelopes_ids_and_task_name(
     workers.append(w)
     client = Client(redis_db)
     sent = client.submit_many([(f"id-{i}", t) for i, t in enumerate(TEXTS)] + [("bad", "")])
-    got = dict(client.collect([s.task_id for s in sent], timeout_s=120))
+    got = dict(client.collect([s.task_id for s in sent], timeout_s=600))
     assert sorted(got) == [0, 1, 2, 3]
     for i, s in enumerate(sent):
         env = Envelope.model_validate(got[i])
