@@ -64,6 +64,10 @@ class Engine:
         self.adapter_version: str | None = None
         self.stats = Stats(model_load_s=time.perf_counter() - start)
         self._decoders: dict[str, Any] = {}
+        #: Reuse the system turn's keys/values and prefill by length groups
+        #: (inference.prefill); False gives the plain left-padded prefill.
+        self.reuse_prefix = True
+        self._prefiller: Any = None
         if settings.adapter:
             self.load_adapter(settings.adapter, version="local")
 
@@ -159,20 +163,37 @@ class Engine:
         from transformers import GenerationConfig
 
         tok = self.tokenizer
-        prompts = [render_prompt(tok, t) for t in texts]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(self.device) for k, v in enc.items()}
         budgets = [self.budget(t) for t in texts]
         kwargs = self._decoder(mode).generate_kwargs(texts, budgets)
-        config = GenerationConfig(
-            do_sample=False, num_beams=1, use_cache=True, max_new_tokens=max(budgets),
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )
         with torch.inference_mode():
+            enc = self._inputs([render_prompt(tok, t) for t in texts], max(budgets))
+            # A static cache is written in place; the growing one is copied whole at
+            # every step (38% of a CPU decode step at batch 32).
+            config = GenerationConfig(
+                do_sample=False, num_beams=1, use_cache=True, max_new_tokens=max(budgets),
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                cache_implementation=None if "cache" in enc else "static",
+            )
             out = self.model.generate(**enc, generation_config=config, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]
         self.stats.batches += 1
         return [self._outcome(row) for row in new]
+
+    def _inputs(self, prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
+        """``generate`` inputs; with several prompts, their cache comes prefilled."""
+        tok = self.tokenizer
+        if self.reuse_prefix and len(prompts) > 1:
+            from inference.prefill import Prefiller, shared_prefix_len
+
+            if self._prefiller is None:
+                self._prefiller = Prefiller(tok.pad_token_id) if Prefiller.supports(
+                    self.model) else False
+            rows = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            if self._prefiller and shared_prefix_len(rows) > 0:
+                return dict(self._prefiller.inputs(self.model, rows, self.adapter_version,
+                                                   max_new_tokens))
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return {k: v.to(self.device) for k, v in enc.items()}
 
     def _outcome(self, row: Any) -> Outcome:
         tok = self.tokenizer

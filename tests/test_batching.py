@@ -74,3 +74,31 @@ def test_tiny_model_batch_with_one_invalid_item(
         assert env["result"] == out.complaint.model_dump()  # batched == unbatched
         assert env["grounded"] == {k: v in text for k, v in env["result"].items()
                                    if v is not None}
+
+
+@pytest.mark.parametrize("kind", ["bpe", "sp"])
+def test_prefilled_cache_gives_the_same_answers_as_plain_padding(
+    tmp_path: Path, kind: str
+) -> None:
+    """The shared-prefix, length-grouped prefill (inference.prefill) changes no token."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import build_model
+
+    folder = build_model(tmp_path / kind, kind, seed=0)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                          LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")  # random LoRA weights: K/V projections change
+    texts = _texts(9) + ["短"]
+    for adapter in (None, str(tmp_path / "adapter")):
+        engine = Engine(Settings(base_model=str(folder), device="cpu", dtype="float32",
+                                 adapter=adapter))
+        for mode in ("copy", "schema"):
+            engine.reuse_prefix = False
+            plain = engine.extract_batch(texts, mode=mode)
+            engine.reuse_prefix = True
+            prefilled = engine.extract_batch(texts, mode=mode)
+            assert engine._prefiller and engine._prefiller._prefix is not None  # path taken
+            assert [(o.complaint, o.new_tokens) for o in prefilled] == [
+                (o.complaint, o.new_tokens) for o in plain]

@@ -37,6 +37,7 @@ from core.names import EXTRACT_QUEUE
 from core.schema import answer_json
 from core.settings import Settings
 from tiqu.bench_report import (
+    SEED_MAX_LENGTH,
     QueueRun,
     SeedRun,
     machine_info,
@@ -45,7 +46,7 @@ from tiqu.bench_report import (
 )
 
 #: The seed tutorial's generation arguments, verbatim.
-SEED_GENERATE = {"max_length": 2500, "do_sample": True, "top_k": 1}
+SEED_GENERATE = {"max_length": SEED_MAX_LENGTH, "do_sample": True, "top_k": 1}
 #: Messages sent for the producer-rate measurement (cycled from the bench texts).
 PRODUCER_SAMPLE = 5000
 SUBMIT_CHUNK = 100
@@ -70,6 +71,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="worker batch size (default: TIQU_BATCH_SIZE)")
     p.add_argument("--flush-interval-s", type=float, help="default: TIQU_FLUSH_INTERVAL_S")
     p.add_argument("--timeout-s", type=float, default=7200, help="give up on the queue run")
+    p.add_argument("--threads", type=int, help="torch threads for each worker and for the "
+                   "seed loop (default: torch's choice; split between workers when W > 1)")
     p.add_argument("--gpu-sweep", action="store_true",
                    help="decode sweep of a random Qwen3-0.6B on the GPU instead (see bench_gpu)")
     p.set_defaults(func=run)
@@ -145,7 +148,7 @@ def worker_env(settings: Settings, args: argparse.Namespace, threads: int | None
 def start_fleet(settings: Settings, args: argparse.Namespace, log_dir: Path) -> Fleet:
     """Start ``args.workers`` solo-pool workers on the extract queue."""
     cores = len(os.sched_getaffinity(0))
-    threads = max(1, cores // args.workers) if args.workers > 1 else None
+    threads = args.threads or (max(1, cores // args.workers) if args.workers > 1 else None)
     env = worker_env(settings, args, threads)
     run_id = uuid.uuid4().hex[:6]
     fleet = Fleet()
@@ -235,10 +238,12 @@ def producer_rate(client: Any, texts: list[str]) -> float:
     return len(items) / elapsed
 
 
-def seed_loop(settings: Settings, texts: list[str]) -> SeedRun:
+def seed_loop(settings: Settings, texts: list[str], threads: int | None = None) -> SeedRun:
     """One ``generate`` per text, exactly as the seed tutorial (same model and adapter)."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from core.prompting import build_messages
     from core.validation import parse_complaint
     from inference.engine import Engine
@@ -256,6 +261,7 @@ def seed_loop(settings: Settings, texts: list[str]) -> SeedRun:
         run.seconds += time.perf_counter() - start
         new = out[0, inputs["input_ids"].shape[1]:]
         run.tokens += int(new.shape[0])
+        run.capped += int(out.shape[1] >= SEED_MAX_LENGTH)
         try:
             run.results.append(parse_complaint(tok.decode(new, skip_special_tokens=True))
                                .model_dump())
@@ -312,18 +318,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     model_settings = settings.model_copy(update={"adapter": adapter})
     seed_n = min(args.seed_n or args.n, args.n) if args.engine == "model" and not args.no_seed \
         else 0
-    seed = seed_loop(model_settings, texts[:seed_n]) if seed_n else None
+    seed = seed_loop(model_settings, texts[:seed_n], args.threads) if seed_n else None
     results = [e.get("result") if e.get("status") == "ok" else None for e in queue.envelopes]
     tokens = answer_tokens(model_settings, results) if args.engine == "model" else None
     report = summarize(queue, seed, golds, tokens) | measured | {
         "n": args.n, "seed_n": seed_n, "seed_extrapolated": 0 < seed_n < args.n,
-        "workers": args.workers, "engine": args.engine,
+        "workers": args.workers, "engine": args.engine, "threads": args.threads,
         "decoding": args.decoding or settings.decoding,
         "batch_size": args.batch_size or settings.batch_size,
         "flush_interval_s": args.flush_interval_s or settings.flush_interval_s,
         "adapter": adapter, "base_model": settings.base_model, "data": source,
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info(),
     }
+    if args.engine == "model":
+        from inference.models import pick_device, pick_dtype
+
+        report["dtype"] = str(pick_dtype(settings, pick_device(settings))).removeprefix("torch.")
     print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

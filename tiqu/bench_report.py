@@ -11,6 +11,7 @@ from typing import Any
 from core.schema import FIELDS
 
 Gold = dict[str, str | None]
+SEED_MAX_LENGTH = 2500
 
 
 @dataclass
@@ -25,11 +26,13 @@ class QueueRun:
 
 @dataclass
 class SeedRun:
-    """The seed loop's answers (None when unparseable), seconds and generated tokens."""
+    """The seed loop's answers (None when unparseable), seconds, generated tokens and
+    how many texts ran on to ``max_length`` (no end-of-turn token)."""
 
     results: list[Gold | None]
     seconds: float
     tokens: int
+    capped: int = 0
 
 
 def field_exact(results: list[Gold | None], golds: list[Gold] | None) -> float | None:
@@ -82,7 +85,7 @@ def summarize(run_: QueueRun, seed: SeedRun | None, golds: list[Gold] | None,
         "tokens_per_s": _rate(tokens, run_.wall_s) if tokens is not None else None,
     }
     seed_keys = ("seed_complaints_per_s", "seed_valid_rate", "seed_field_exact",
-                 "seed_tokens_per_s", "speedup_vs_seed")
+                 "seed_tokens_per_s", "seed_ran_to_max_length", "speedup_vs_seed")
     out.update(dict.fromkeys(seed_keys))
     if seed is not None and seed.results:
         m = len(seed.results)
@@ -90,6 +93,7 @@ def summarize(run_: QueueRun, seed: SeedRun | None, golds: list[Gold] | None,
         out["seed_valid_rate"] = sum(r is not None for r in seed.results) / m
         out["seed_field_exact"] = field_exact(seed.results, golds[:m] if golds else None)
         out["seed_tokens_per_s"] = _rate(seed.tokens, seed.seconds)
+        out["seed_ran_to_max_length"] = seed.capped
         if out["seed_complaints_per_s"] and out["complaints_per_s"]:
             out["speedup_vs_seed"] = out["complaints_per_s"] / out["seed_complaints_per_s"]
     return out
@@ -116,6 +120,9 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"{name:<24}{ours:>16}{seed:>16}")
     print(f"{'speedup vs seed':<24}{_fmt(r['speedup_vs_seed'], '.1f') + 'x':>16}")
     print(f"{'producer submit/s':<24}{_fmt(r['producer_submit_per_s'], '.0f'):>16}")
+    if r["seed_ran_to_max_length"]:
+        print(f"{r['seed_ran_to_max_length']} seed-loop text(s) never ended their turn and "
+              f"ran on to max_length={SEED_MAX_LENGTH}.")
     if r["seed_n"] and r["seed_n"] < r["n"]:
         print(f"seed loop ran on the first {r['seed_n']} of {r['n']} texts; "
               "its rate is extrapolated from them.")
