@@ -6,14 +6,18 @@ left the queue and exists nowhere else. When a worker consumes one Redis list
 (one queue, ``priority_steps`` ``[0]``), it fetches with ``BRPOPLPUSH``
 instead, which moves the message atomically onto a list of the worker's own
 (``tiqu:inflight:<queue>:<node>``, registered in the set ``tiqu:inflight``);
-it leaves that list as soon as kombu has recorded it as unacknowledged.
+it leaves that list in the same transaction that records it as unacknowledged.
+When the queue holds more, one fetch takes up to ``FETCH_MAX`` messages in two
+round trips and records them all in a third (:func:`_record`).
 
 :func:`tend` runs every few seconds on each worker: it refreshes the worker's
 liveness key (``tiqu:alive:<node>``), puts its own leftovers back on the queue
 (anything on its list while no fetch is outstanding, e.g. a reply kombu
 discarded) and does the same for every node whose liveness key has expired.
-A message caught on the list and in ``unacked`` at the moment of death can be
-delivered twice; the result store (``SET NX``) makes that harmless. A worker
+A message is on the list or in ``unacked``, never in both (one transaction
+moves it), so a death in between loses nothing. A message that was run but not
+yet acknowledged is delivered again; the result store (``SET NX``) makes that
+harmless. A worker
 shutting down warmly requeues its leftovers and removes its keys itself.
 
 :func:`patch_redis_transport` also drops list items that are not kombu
@@ -87,18 +91,111 @@ def read(channel: Any) -> bool:
         if item is None:
             raise Empty()
         channel._queue_cycle.rotate(inflight.queue)
-        channel._tiqu_fetched = item
-        try:
-            channel.connection._deliver(loads(bytes_to_str(item)), inflight.queue)
-        except Exception:
-            recorded(channel)  # not a message kombu can take: off the list as well
-            raise
-        return True
     finally:
         channel._in_poll = None
         channel._tiqu_fetching = False
         if hasattr(channel, "_flush_brpop_reauth"):
             channel._flush_brpop_reauth()
+    items = [item, *_fetch_more(channel, inflight)]
+    payloads = [_payload(x, loads, bytes_to_str) for x in items]
+    _record(channel, inflight, [(x, p) for x, p in zip(items, payloads, strict=True) if p])
+    for i, (raw, payload) in enumerate(zip(items, payloads, strict=True)):
+        if payload is not None:
+            channel.connection._deliver(payload, inflight.queue)
+            continue
+        try:  # kombu's own path, which takes it off the list and raises
+            _deliver_one(channel, inflight, raw, loads, bytes_to_str)
+        except (ValueError, KeyError, TypeError) as err:
+            if i == 0:
+                raise
+            reason = str(err) if isinstance(err, UnreadableMessage) else type(err).__name__
+            log.error("dropped an unreadable message from the broker: %s", reason)
+    return True
+
+
+def _payload(raw: Any, loads: Any, to_str: Any) -> dict[str, Any] | None:
+    """The parsed message, or ``None`` where it is not a well-formed kombu message."""
+    try:
+        payload = loads(to_str(raw))
+    except (ValueError, TypeError):
+        return None
+    if envelope_problem(payload) is not None:
+        return None
+    info = payload["properties"].get("delivery_info") or {}
+    if not isinstance(info.get("exchange"), str) or not isinstance(info.get("routing_key"), str):
+        return None
+    return dict(payload)
+
+
+def _record(channel: Any, inflight: InFlight, fetched: list[tuple[Any, dict[str, Any]]]) -> None:
+    """Record fetched messages as unacknowledged and take them off the list, at once.
+
+    One ``MULTI``/``EXEC`` writes what kombu's ``QoS.append`` writes for each
+    (``ZADD`` to the unacked index, ``HSET`` of ``[message, exchange,
+    routing_key]``) and removes them from the in-flight list, so each is in
+    exactly one of the two. kombu does this per message, with a new redis client
+    each time, as the message is delivered; the patched ``append`` then only
+    does the in-memory part for these delivery tags. On a fast engine that
+    per-message round trip was half of the worker's time.
+    """
+    if not fetched:
+        return
+    from kombu.utils.json import dumps
+
+    qos = channel.qos
+    now = time.time()
+    rows = {}
+    for _raw, payload in fetched:
+        props = payload["properties"]
+        info = props["delivery_info"]
+        rows[props["delivery_tag"]] = dumps([payload, info["exchange"], info["routing_key"]])
+    pipe = _client(channel).pipeline()
+    pipe.zadd(qos.unacked_index_key, dict.fromkeys(rows, now))
+    pipe.hset(qos.unacked_key, mapping=rows)
+    for raw, _ in fetched:
+        pipe.lrem(inflight.key, 1, raw)
+    pipe.execute()
+    channel._tiqu_recorded = set(rows)
+
+
+#: Most messages one fetch takes: the first by ``BRPOPLPUSH``, the rest by a
+#: pipeline of ``RPOPLPUSH`` (one round trip), within the prefetch limit.
+FETCH_MAX = 64
+
+
+def _fetch_more(channel: Any, inflight: InFlight) -> list[Any]:
+    """Up to ``FETCH_MAX - 1`` more messages, moved onto the in-flight list at once.
+
+    After a blocking fetch returned one message, the queue often holds more;
+    taking them one blocking round trip each cost a third of a fast engine's
+    worker time. Each ``RPOPLPUSH`` is atomic, so the messages are on the queue
+    or on the list, as for the first.
+    """
+    room = channel.qos.can_consume_max_estimate()
+    n = min(FETCH_MAX, room if room is not None else 1) - 1
+    if n <= 0:
+        return []
+    pipe = _client(channel).pipeline(transaction=False)
+    for _ in range(n):
+        pipe.rpoplpush(inflight.queue, inflight.key)
+    return [x for x in pipe.execute() if x is not None]
+
+
+def _deliver_one(channel: Any, inflight: InFlight, item: Any, loads: Any, to_str: Any) -> None:
+    channel._tiqu_fetched = item
+    try:
+        channel.connection._deliver(loads(to_str(item)), inflight.queue)
+    except Exception:
+        recorded(channel)  # not a message kombu can take: off the list as well
+        raise
+
+
+def _client(channel: Any) -> Any:
+    """A redis client kept on the channel (kombu builds a new one per call)."""
+    client = getattr(channel, "_tiqu_client", None)
+    if client is None:
+        client = channel._tiqu_client = channel._create_client()
+    return client
 
 
 def recorded(channel: Any) -> None:
@@ -188,6 +285,7 @@ def remember_client_id(conn: Any) -> None:
 def patch_redis_transport() -> None:
     """Install reliable fetch and the garbage filter on kombu's Redis transport (once)."""
     from kombu.transport import redis as kredis
+    from kombu.transport import virtual
 
     channel = kredis.Channel
     if getattr(channel, _PATCHED, False):
@@ -204,6 +302,10 @@ def patch_redis_transport() -> None:
         return original_deliver(self, message, queue)
 
     def append(self: Any, message: Any, delivery_tag: str) -> Any:
+        done = getattr(self.channel, "_tiqu_recorded", None)
+        if done and delivery_tag in done:  # in Redis already (_record)
+            done.discard(delivery_tag)
+            return virtual.QoS.append(self, message, delivery_tag)
         result = original_append(self, message, delivery_tag)
         recorded(self.channel)
         return result
