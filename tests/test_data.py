@@ -104,6 +104,19 @@ def test_synth_is_deterministic_per_seed() -> None:
     assert len(first) == 40
 
 
+def test_plain_synth_is_one_layout_with_every_field() -> None:
+    rows = synth_records(200, seed=5, plain=True)
+    assert synth_records(200, seed=5, plain=True) == rows
+    for r in rows:
+        assert record_problems(r) == [], r.text
+        assert all(v is not None for v in r.gold.values())
+        assert "\n" not in r.text and "distractor" not in " ".join(r.tags)
+        # labelled contact details in schema order, then the complaint
+        spots = [r.text.index(v) for v in r.gold.values() if v]
+        assert spots == sorted(spots) and r.text.endswith(r.gold["question"] or "")
+    assert {t for r in rows for t in r.tags} >= {"labelled", "fullwidth", "oneline", "plain"}
+
+
 def test_synth_rows_are_valid_and_grounded(synth2000: list[Record]) -> None:
     rows = synth2000[:500]
     for r in rows:

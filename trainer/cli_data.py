@@ -31,6 +31,8 @@ def add_parser(sub: Any) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
     synth.add_argument("-o", "--output", type=Path, required=True, help="output file")
     synth.add_argument("--format", choices=FORMATS, default="seed")
+    synth.add_argument("--plain", action="store_true", help="one layout only, nothing missing, "
+                       "no distractors (the seed tutorial's kind of text; a baseline)")
     check = cmds.add_parser("check", help="validate a data file; print counts per split and tag")
     check.add_argument("file", type=Path)
     convert = cmds.add_parser("convert", help="convert a data file to another format")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace, settings: Any = None) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from trainer.data import data_hash, save_records, synth_records
 
-    records = synth_records(args.n, args.seed)
+    records = synth_records(args.n, args.seed, plain=args.plain)
     save_records(records, args.output, fmt=args.format)
     print(
         f"wrote {len(records)} {args.format} rows to {args.output} "

@@ -91,15 +91,17 @@ def _draw_address(rng: random.Random, fake: Any) -> str:
     return rng.choice((full, full, street, street + room))
 
 
-def _draw_values(rng: random.Random, fake: Any, style: _Style) -> tuple[Gold, list[str]]:
-    """Gold values (some set to null) and their tags."""
+def _draw_values(rng: random.Random, fake: Any, style: _Style,
+                 plain: bool = False) -> tuple[Gold, list[str]]:
+    """Gold values (some set to null unless ``plain``) and their tags."""
     topic = rng.choice(sorted(banks.COMPLAINTS))
     sentences = rng.sample(banks.COMPLAINTS[topic], rng.choice((1, 1, 2, 2, 3)))
     email, email_tag = _draw_email(rng, fake)
     question = style.punct("".join(sentences))
     drawn = (str(fake.name()), _draw_address(rng, fake), email, question)
     values: Gold = dict(zip(FIELDS, drawn, strict=True))
-    missing = {k for k, rate in banks.MISSING_RATE.items() if rng.random() < rate}
+    missing = set() if plain else {k for k, rate in banks.MISSING_RATE.items()
+                                   if rng.random() < rate}
     if "question" in missing and len(missing) > 2:
         missing.discard("question")  # a text without a complaint keeps two contact fields
     values.update(dict.fromkeys(missing))
@@ -165,8 +167,15 @@ def _arrange(contact: list[str], question: str | None, rng: random.Random) -> tu
     return [*contact, question], "complaint_last"
 
 
-def _synth_one(rng: random.Random, fake: Any) -> Record | None:
+#: The seed tutorial's kind of text: every field labelled, full width, one line,
+#: contact details then the complaint, nothing missing, no distractors.
+PLAIN = _Style("labelled", half=False, multiline=False, spaces=False, joiner="，")
+
+
+def _synth_one(rng: random.Random, fake: Any, plain: bool = False) -> Record | None:
     """One synthetic record, or None when drawn values collide (the caller redraws)."""
+    if plain:
+        return _plain_one(rng, fake)
     style = _Style.draw(rng)
     values, tags = _draw_values(rng, fake, style)
     segs = {k: _segment(k, v, style, rng) for k, v in values.items()}
@@ -193,6 +202,14 @@ def _synth_one(rng: random.Random, fake: Any) -> Record | None:
     return record if _clean(record) else None
 
 
+def _plain_one(rng: random.Random, fake: Any) -> Record | None:
+    values, tags = _draw_values(rng, fake, PLAIN, plain=True)
+    segs = [_segment(k, v, PLAIN, rng) for k, v in values.items()]
+    text = _join([s for s in segs if s is not None], PLAIN, rng)
+    record = Record(text, values, [*PLAIN.tags(), *tags, "plain"])
+    return record if _clean(record) else None
+
+
 def _clean(r: Record) -> bool:
     """No gold value inside the question or another party's email, so golds are unambiguous."""
     q, email = r.gold["question"] or "", r.gold["email"] or ""
@@ -201,8 +218,10 @@ def _clean(r: Record) -> bool:
     return not clash and not any(v in q for v in others)
 
 
-def synth_records(n: int, seed: int) -> list[Record]:
-    """``n`` synthetic records, identical for the same ``(n, seed)``.
+def synth_records(n: int, seed: int, plain: bool = False) -> list[Record]:
+    """``n`` synthetic records, identical for the same ``(n, seed, plain)``.
+
+    ``plain`` gives one layout only (:data:`PLAIN`), as a baseline for ablations.
 
     Every record is checked: each non-null gold value occurs verbatim in the text,
     and the question span contains no other gold value.
@@ -211,7 +230,7 @@ def synth_records(n: int, seed: int) -> list[Record]:
     fake = _faker(seed)
     out: list[Record] = []
     while len(out) < n:
-        record = _synth_one(rng, fake)
+        record = _synth_one(rng, fake, plain)
         if record is None:
             continue
         problems = record_problems(record)
