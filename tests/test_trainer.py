@@ -19,10 +19,10 @@ import pytest
 from core.errors import ConfigError, DataError, IncompatibleAdapter
 from core.manifest import Manifest, sha256_file
 from core.prompting import PROMPT_VERSION, render_prompt
-from core.schema import SCHEMA_VERSION, Complaint, answer_json
+from core.schema import FIELDS, SCHEMA_VERSION, Complaint, answer_json
 from core.settings import Settings
 from tests.tiny import QWEN3_CHAT, build_tokenizer
-from trainer.data import Record, save_records, synth_records
+from trainer.data import Record, load_records, save_records, synth_records
 from trainer.evaluate import char_f1, format_table, score
 from trainer.lora import TrainConfig, resolve_layers, train
 from trainer.sft import IGNORE, PadCollator, encode_record, encode_records
@@ -227,11 +227,16 @@ def test_eval_cli_scores_an_adapter_and_refuses_an_incompatible_one(
     data = save_records(synth_records(3, seed=9), tmp_path / "eval.jsonl", fmt="gold")
     monkeypatch.setenv("TIQU_BASE_MODEL", str(model))
     report_path = tmp_path / "report.json"
+    preds_path = tmp_path / "preds.jsonl"
     code = main(["eval", "--data", str(data), "--adapter", str(out), "--json", str(report_path),
-                 "--no-progress", "--batch-size", "3"])
+                 "--no-progress", "--batch-size", "3", "--predictions", str(preds_path)])
     assert code == 0
     report = json.loads(report_path.read_text())
     assert report["overall"]["n"] == 3 and report["adapter_version"] == manifest.version
+    rows = [json.loads(line) for line in preds_path.read_text().splitlines()]
+    assert [r["text"] for r in rows] == [r.text for r in load_records(data)]
+    wrong = sum(len(r["wrong"]) for r in rows)  # the per-field misses behind field_exact
+    assert wrong == round((1 - report["overall"]["field_exact"]) * 3 * len(FIELDS))
     assert report["overall"]["valid_json"] == 1.0  # copy-constrained decoding, even untrained
     assert "field" in capsys.readouterr().out
     broken = tmp_path / "broken"

@@ -80,6 +80,8 @@ def _eval_parser(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="score only the first N rows")
     p.add_argument("--batch-size", type=int, help="default: TIQU_BATCH_SIZE")
     p.add_argument("--json", type=Path, help="also write the full report here")
+    p.add_argument("--predictions", type=Path,
+                   help="write each row's text, gold, prediction and wrong fields (JSONL)")
     p.add_argument("--min-tag-rows", type=int, default=5, help="hide tags with fewer rows")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -194,7 +196,9 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         load_checked_adapter(engine, adapter)
     mode = args.decoding or settings.decoding
     batch = args.batch_size or settings.batch_size
-    report = evaluate_engine(engine, records, mode, batch, progress=not args.no_progress)
+    rows: list[dict[str, Any]] | None = [] if args.predictions else None
+    report = evaluate_engine(engine, records, mode, batch, progress=not args.no_progress,
+                             predictions=rows)
     report.update(data=str(args.data), base_model=settings.base_model,
                   adapter=str(adapter) if adapter else None)
     print(format_table(report, min_rows=args.min_tag_rows))
@@ -202,4 +206,8 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, ensure_ascii=False, indent=1))
+    if args.predictions and rows is not None:
+        args.predictions.parent.mkdir(parents=True, exist_ok=True)
+        args.predictions.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                            for r in rows))
     return 0

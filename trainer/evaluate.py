@@ -121,13 +121,20 @@ def predict(
 
 
 def evaluate_engine(
-    engine: Any, records: Sequence[Record], mode: str, batch_size: int, progress: bool = True
+    engine: Any, records: Sequence[Record], mode: str, batch_size: int, progress: bool = True,
+    predictions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run the engine over ``records`` and score it; adds mode, timing and adapter version."""
+    """Run the engine over ``records`` and score it; adds mode, timing and adapter version.
+
+    ``predictions``, when given, receives one row per record: text, tags, gold,
+    prediction and the fields it got wrong (after normalisation).
+    """
     start = time.perf_counter()
     preds = predict(engine, [r.text for r in records], mode, batch_size, progress)
     elapsed_s = time.perf_counter() - start
     report = score(preds, records)
+    if predictions is not None:
+        predictions.extend(prediction_row(r, p) for r, p in zip(records, preds, strict=True))
     report.update(
         decoding=mode,
         adapter_version=getattr(engine, "adapter_version", None),
@@ -135,6 +142,15 @@ def evaluate_engine(
         rows_per_s=round(len(records) / elapsed_s, 3) if elapsed_s > 0 else None,
     )
     return report
+
+
+def prediction_row(record: Record, pred: Complaint | None) -> dict[str, Any]:
+    """One record's gold and prediction, for reading errors."""
+    got = pred.model_dump() if pred is not None else None
+    wrong = list(FIELDS) if got is None else [
+        k for k in FIELDS if not same(got[k], record.gold[k])]
+    return {"text": record.text, "tags": list(record.tags), "gold": dict(record.gold),
+            "pred": got, "wrong": wrong}
 
 
 def evaluate_model(settings: Any, model: Any, tok: Any, records: Sequence[Record], mode: str,
