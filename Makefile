@@ -8,7 +8,7 @@ TIQU    := $(VENV)/bin/tiqu
 REDIS_URL ?= redis://127.0.0.1:6379/0
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 
-.PHONY: venv redis test lint demo bench clean
+.PHONY: venv redis test lint demo bench adapter clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,16 @@ test: venv
 
 demo: redis
 	TIQU_REDIS_URL=$(REDIS_URL) $(TIQU) demo
+
+# The best measured adapter (docs/benchmarks.md, "Quality run"): 1,000 synthetic
+# rows, 175 LoRA steps on the default model; about 40 min on 2 CPU cores.
+ADAPTER_OUT ?= runs/adapter
+adapter: venv
+	$(TIQU) model fetch
+	$(TIQU) data synth --n 1000 --seed 1 --format gold -o runs/train.jsonl
+	$(TIQU) train --data runs/train.jsonl --out $(ADAPTER_OUT) --max-steps 175 \
+	    --max-train-s 2450 --r 16 --alpha 32 --lr 5e-4 --batch-size 8 --layers 18-29 \
+	    --eval-every 50 --eval-loss-rows 16 --eval-limit 64
 
 bench: redis
 	TIQU_REDIS_URL=$(REDIS_URL) $(TIQU) bench --n 64 --json docs/bench-latest.json
