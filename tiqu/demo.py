@@ -96,7 +96,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.adapter:
         print("\nNote: this is the raw base model with no fine-tuned adapter, so the values "
               "are often wrong or null (every value is still copied from the text). Train one "
-              "with `tiqu data synth --n 1000 -o train.jsonl && tiqu train --data train.jsonl "
-              "--out runs/mine`, then set TIQU_ADAPTER=runs/mine/adapter "
-              "(see docs/training.md).")
+              "with `make adapter` (about 35 min on 2 CPU cores), then run "
+              "`TIQU_ADAPTER=runs/adapter/adapter make demo` (see docs/training.md).")
     return 0
