@@ -3,6 +3,7 @@ records them as unacknowledged in one transaction and leaves none on the list.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,3 +88,43 @@ def test_prefetch_of_one_fetches_one(channel: Any, redis_db: redis.Redis) -> Non
     assert got == [sent[0][0]]
     assert redis_db.llen(EXTRACT_QUEUE) == 2
     assert redis_db.llen(channel._tiqu_inflight.key) == 0
+
+
+def test_an_unreadable_first_item_does_not_hold_back_the_good_ones(
+    channel: Any, redis_db: redis.Redis
+) -> None:
+    good = [task_message(EXTRACT_TASK, {"text": f"t{i}"}, EXTRACT_QUEUE) for i in range(3)]
+    _push(redis_db, [b"not json", *[m for _, m in good]])
+    got = _consume(channel, prefetch=16)
+
+    _fetch_once(channel)
+
+    assert got == [task_id for task_id, _ in good]  # same fetch, not an hour later
+    assert redis_db.llen(channel._tiqu_inflight.key) == 0
+    assert len(redis_db.hkeys(channel.qos.unacked_key)) == 3
+
+
+def test_messages_left_undelivered_by_a_failing_delivery_go_back_on_the_queue(
+    channel: Any, redis_db: redis.Redis
+) -> None:
+    sent = [task_message(EXTRACT_TASK, {"text": f"t{i}"}, EXTRACT_QUEUE) for i in range(5)]
+    _push(redis_db, [m for _, m in sent])
+    got: list[str] = []
+
+    def take(message: Any) -> None:
+        got.append(message.headers["id"])
+        if len(got) == 2:
+            raise RuntimeError("consumer broke")
+
+    channel.basic_qos(prefetch_count=16)
+    channel.basic_consume(EXTRACT_QUEUE, no_ack=False, consumer_tag="tests", callback=take)
+    with pytest.raises(RuntimeError, match="consumer broke"):
+        _fetch_once(channel)
+
+    assert got == [sent[0][0], sent[1][0]]
+    # the two delivered stay unacknowledged (kombu restores them when the channel
+    # closes); the three never delivered are back on the queue, in order, at once
+    assert len(redis_db.hkeys(channel.qos.unacked_key)) == 2
+    assert redis_db.llen(channel._tiqu_inflight.key) == 0
+    requeued = [json.loads(m)["headers"]["id"] for m in redis_db.lrange(EXTRACT_QUEUE, 0, -1)]
+    assert sorted(requeued) == sorted(task_id for task_id, _ in sent[2:])

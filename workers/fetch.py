@@ -99,17 +99,23 @@ def read(channel: Any) -> bool:
     items = [item, *_fetch_more(channel, inflight)]
     payloads = [_payload(x, loads, bytes_to_str) for x in items]
     _record(channel, inflight, [(x, p) for x, p in zip(items, payloads, strict=True) if p])
-    for i, (raw, payload) in enumerate(zip(items, payloads, strict=True)):
-        if payload is not None:
-            channel.connection._deliver(payload, inflight.queue)
-            continue
-        try:  # kombu's own path, which takes it off the list and raises
-            _deliver_one(channel, inflight, raw, loads, bytes_to_str)
-        except (ValueError, KeyError, TypeError) as err:
-            if i == 0:
-                raise
-            reason = str(err) if isinstance(err, UnreadableMessage) else type(err).__name__
-            log.error("dropped an unreadable message from the broker: %s", reason)
+    try:
+        for raw, payload in zip(items, payloads, strict=True):
+            if payload is not None:
+                channel.connection._deliver(payload, inflight.queue)
+                continue
+            try:  # kombu's own path, which takes it off the list and raises
+                _deliver_one(channel, inflight, raw, loads, bytes_to_str)
+            except (ValueError, KeyError, TypeError) as err:
+                reason = str(err) if isinstance(err, UnreadableMessage) else type(err).__name__
+                log.error("dropped an unreadable message from the broker: %s", reason)
+    finally:
+        # Recorded as unacknowledged but never delivered (a delivery raised): back on
+        # the queue now, not after the visibility timeout.
+        left = channel._tiqu_recorded
+        for tag in sorted(left):
+            channel.qos.restore_by_tag(tag, client=_client(channel))
+        left.clear()
     return True
 
 
@@ -138,6 +144,7 @@ def _record(channel: Any, inflight: InFlight, fetched: list[tuple[Any, dict[str,
     does the in-memory part for these delivery tags. On a fast engine that
     per-message round trip was half of the worker's time.
     """
+    channel._tiqu_recorded = set()
     if not fetched:
         return
     from kombu.utils.json import dumps
