@@ -28,7 +28,7 @@ def test_round_trip_envelopes_ids_and_task_name(
     workers.append(w)
     client = Client(redis_db)
     sent = client.submit_many([(f"id-{i}", t) for i, t in enumerate(TEXTS)] + [("bad", "")])
-    got = dict(client.collect([s.task_id for s in sent], timeout_s=600))
+    got = dict(client.collect([s.task_id for s in sent], timeout_s=120))
     assert sorted(got) == [0, 1, 2, 3]
     for i, s in enumerate(sent):
         env = Envelope.model_validate(got[i])
@@ -53,8 +53,8 @@ def test_cli_extract_keeps_input_order(
     out = tmp_path / "out.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "tiqu", "--redis-url", redis_url, "extract", str(src),
-         "-o", str(out), "--timeout-s", "600"],
-        cwd=ROOT, capture_output=True, text=True, timeout=700,
+         "-o", str(out), "--timeout-s", "120"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     envs = [json.loads(line) for line in out.read_text().splitlines()]
