@@ -31,8 +31,11 @@ def add_parser(sub: Any) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
     synth.add_argument("-o", "--output", type=Path, required=True, help="output file")
     synth.add_argument("--format", choices=FORMATS, default="seed")
-    synth.add_argument("--plain", action="store_true", help="one layout only, nothing missing, "
-                       "no distractors (the seed tutorial's kind of text; a baseline)")
+    layouts = synth.add_mutually_exclusive_group()
+    layouts.add_argument("--plain", action="store_true", help="one layout only, nothing missing, "
+                         "no distractors (the seed tutorial's kind of text; a baseline)")
+    layouts.add_argument("--extended", action="store_true", help="about 40%% of the rows in "
+                         "e-mail, narrative, contact-last, ticket-form and injection layouts")
     check = cmds.add_parser("check", help="validate a data file; print counts per split and tag")
     check.add_argument("file", type=Path)
     convert = cmds.add_parser("convert", help="convert a data file to another format")
@@ -55,9 +58,10 @@ def run(args: argparse.Namespace, settings: Any = None) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from trainer.data import data_hash, save_records, synth_records
+    from trainer.data import data_hash, save_records
+    from trainer.synth import synth_records
 
-    records = synth_records(args.n, args.seed, plain=args.plain)
+    records = synth_records(args.n, args.seed, plain=args.plain, extended=args.extended)
     save_records(records, args.output, fmt=args.format)
     print(
         f"wrote {len(records)} {args.format} rows to {args.output} "
