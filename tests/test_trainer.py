@@ -25,7 +25,7 @@ from tests.tiny import QWEN3_CHAT, build_tokenizer
 from trainer.data import Record, load_records, save_records, synth_records
 from trainer.evaluate import char_f1, format_table, score
 from trainer.lora import TrainConfig, resolve_layers, train
-from trainer.sft import IGNORE, PadCollator, encode_record, encode_records
+from trainer.sft import IGNORE, PadCollator, answer_loss, encode_record, encode_records
 
 RUN_FILES = {
     "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
@@ -102,18 +102,28 @@ def test_padding_is_masked_and_an_eos_that_equals_pad_is_still_learned() -> None
     assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
 
 
-def test_trimmed_logits_give_the_same_loss(tiny_model: Path) -> None:
+def test_answer_loss_equals_the_models_own_loss_and_gradient(tiny_model: Path) -> None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     rows = [{"input_ids": e.input_ids, "labels": e.labels}
             for e in encode_records(tok, synth_records(4, seed=6), 4096).examples]
-    full = PadCollator(tok.pad_token_id)(rows)
-    trim = PadCollator(tok.pad_token_id, trim_logits=True)(rows)
-    assert trim["logits_to_keep"] < full["input_ids"].shape[1]
-    assert trim["labels"].shape[1] == trim["logits_to_keep"]
-    assert model(**trim).loss.item() == pytest.approx(model(**full).loss.item(), rel=1e-5)
+    batch = PadCollator(tok.pad_token_id)(rows)
+    head = model.get_output_embeddings().weight
+
+    ours = answer_loss(model, batch)
+    ours.backward()
+    grad = head.grad.clone()
+    head.grad = None
+    theirs = model(**batch).loss
+    theirs.backward()
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    assert torch.allclose(grad, head.grad, rtol=1e-4, atol=1e-7)
+    # with the Trainer's token count over accumulated micro-batches, it is a sum / count
+    n = int((batch["labels"][:, 1:] != IGNORE).sum())
+    assert answer_loss(model, batch, 2 * n).item() == pytest.approx(theirs.item() / 2, rel=1e-5)
 
 
 # --- config ---------------------------------------------------------------------

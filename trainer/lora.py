@@ -81,7 +81,7 @@ class TrainConfig:
     decoding: Literal["copy", "schema", "none"] = "copy"
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     gradient_checkpointing: bool = False
-    trim_logits: bool = True
+    trim_logits: bool = True  # output head and loss on answer tokens only (sft.answer_loss)
     group_by_length: bool = True
     report_to: list[str] = field(default_factory=list)
     seed: int = 0
@@ -160,9 +160,12 @@ def train_dtype(config: TrainConfig, device: str) -> str:
         import torch
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    # Measured (docs/training.md): on a CPU without native bf16 instructions (AVX2 only),
-    # bf16 matrix products run ~40x slower than fp32, so training stays in fp32.
-    return "float32"
+    # Measured (docs/training.md, docs/benchmarks.md): on a CPU without native bf16
+    # instructions (AVX2 only) bf16 matrix products run far slower than fp32, so such
+    # CPUs train in fp32; with AVX512-BF16 or AMX a bf16 base cuts a step by a quarter.
+    from inference.models import cpu_has_fast_bf16
+
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
 # --- the run folder -------------------------------------------------------------

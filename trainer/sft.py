@@ -106,17 +106,10 @@ class PadCollator:
 
     The mask, not the pad id, marks padding, so a tokenizer whose pad token is
     also its end-of-turn token still learns to emit that token.
-
-    With ``trim_logits``, the batch also carries ``logits_to_keep``: the model
-    computes logits only from the earliest position that predicts an answer
-    token, and ``labels`` are cut to match. The loss is unchanged; the output
-    head, a fifth of a small model's compute and most of its activation memory,
-    then runs on the answers instead of the whole prompt.
     """
 
-    def __init__(self, pad_id: int, trim_logits: bool = False) -> None:
+    def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
-        self.trim_logits = trim_logits
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -128,21 +121,35 @@ class PadCollator:
             ids.append(r["input_ids"] + [self.pad_id] * pad)
             labels.append(r["labels"] + [IGNORE] * pad)
             mask.append([1] * len(r["input_ids"]) + [0] * pad)
-        batch: dict[str, Any] = {
+        return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.tensor(mask, dtype=torch.long),
         }
-        if self.trim_logits:
-            # the logit at position i predicts the token at i + 1
-            start = max(0, min(_first_label(r["labels"]) for r in rows) - 1)
-            batch["labels"] = batch["labels"][:, start:]
-            batch["logits_to_keep"] = width - start
-        return batch
 
 
-def _first_label(labels: list[int]) -> int:
-    return next((i for i, x in enumerate(labels) if x != IGNORE), len(labels))
+def answer_loss(model: Any, batch: dict[str, Any], num_items: Any = None) -> Any:
+    """The causal-LM loss over answer tokens, with the output head run on those positions only.
+
+    Equal to the model's own loss (``model(**batch).loss``), but the output head,
+    about a fifth of a small model's compute, and the float32 log-softmax over
+    the vocabulary run on the answer tokens alone instead of on every position
+    of the padded batch. On the default model this cut a CPU training step by
+    about a quarter (docs/benchmarks.md). ``num_items`` is the Trainer's count
+    of answer tokens over all gradient-accumulation micro-batches; without it
+    the loss is the mean over this batch.
+    """
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    target = batch["labels"][:, 1:]  # the state at position i predicts token i + 1
+    keep = target != IGNORE
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    total = F.cross_entropy(logits, target[keep], reduction="sum")
+    return total / (num_items if num_items is not None else keep.sum().clamp(min=1))
 
 
 # --- the transformers Trainer ------------------------------------------------------
@@ -221,21 +228,38 @@ def training_args(config: TrainConfig, ckpt_dir: Path, device: str, has_eval: bo
         disable_tqdm=not config.progress,
         remove_unused_columns=False,
         label_names=["labels"],
+        prediction_loss_only=True,  # evaluation here is the loss; extraction is scored by tiqu eval
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         dataloader_num_workers=0,
     )
 
 
+def trainer_class(answer_head: bool) -> Any:
+    """The transformers Trainer, with :func:`answer_loss` as its loss when ``answer_head``."""
+    from transformers import Trainer
+
+    if not answer_head:
+        return Trainer
+
+    class AnswerTrainer(Trainer):  # type: ignore[misc]
+        loss_is_scaled_for_ga = True  # answer_loss divides by the count over all micro-batches
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            loss = answer_loss(model, inputs, num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return AnswerTrainer
+
+
 def make_trainer(model: Any, tok: Any, sets: tuple[Encoded, Encoded], config: TrainConfig,
                  ckpt_dir: Path, device: str, report: Progress) -> Any:
     """A transformers Trainer over the encoded ``(train, val)`` sets."""
-    from transformers import Trainer
-
     train_set, val_set = sets
-    return Trainer(
+    return trainer_class(config.trim_logits)(
         model=model,
         args=training_args(config, ckpt_dir, device, has_eval=bool(val_set.examples)),
-        data_collator=PadCollator(int(tok.pad_token_id), trim_logits=config.trim_logits),
+        data_collator=PadCollator(int(tok.pad_token_id)),
         train_dataset=ExampleDataset(train_set.examples),
         eval_dataset=ExampleDataset(val_set.examples) if val_set.examples else None,
         callbacks=[progress_callback(report)]
