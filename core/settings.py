@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     adapter: str | None = Field(
         None, description="Optional peft adapter folder loaded at start."
     )
+    merge_adapter: bool = Field(
+        True, description="Fold the adapter into the base weights while it serves "
+        "(the base weights are kept and restored exactly on a swap)."
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 on GPU and on CPUs with native bf16, else float32."

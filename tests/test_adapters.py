@@ -251,3 +251,55 @@ def test_cli_publish_list_promote_rollback(
     code, out = tiqu("show", "v1")
     assert json.loads(out)["manifest"]["version"] == "v1"
     assert main(["--redis-url", redis_url, "adapters", "show", "v7"]) == 1
+
+
+# --- the adapter folded into the base weights while it serves ----------------------
+
+MERGE_TEXTS = ["王五，广州市天河区体育西路1号，快递丢件，要求赔偿。",
+               "张三 zhang@example.com 电费多扣了两百元", "物业不修电梯"]
+
+
+def test_folded_adapter_answers_as_the_unfolded_one_and_swaps_restore_the_base_exactly(
+        tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+
+    from inference.engine import Engine
+
+    v1 = make_adapter(tiny_model, tmp_path / "v1", "v1", seed=1) / "adapter"
+    v2 = make_adapter(tiny_model, tmp_path / "v2", "v2", seed=2) / "adapter"
+    plain = Engine(Settings(base_model=str(tiny_model), dtype="float32", merge_adapter=False))
+    folded = Engine(Settings(base_model=str(tiny_model), dtype="float32"))
+    base = {k: v.clone() for k, v in folded.model.state_dict().items()}
+    base_answers = folded.extract_batch(MERGE_TEXTS)
+
+    for version, path in (("v1", v1), ("v2", v2)):
+        plain.load_adapter(str(path), version=version)
+        folded.load_adapter(str(path), version=version)
+        assert folded._pristine and not plain._pristine  # folded, and not the other
+        ids = plain.tokenizer(MERGE_TEXTS[0], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            want, got = plain.model(ids).logits, folded.model(ids).logits
+        assert torch.allclose(want, got, atol=1e-4)
+        assert [(o.complaint, o.new_tokens) for o in folded.extract_batch(MERGE_TEXTS)] == [
+            (o.complaint, o.new_tokens) for o in plain.extract_batch(MERGE_TEXTS)]
+
+    folded.use_base()
+    restored = folded.model.state_dict()
+    assert set(restored) == set(base)
+    assert all(torch.equal(restored[k], base[k]) for k in base)  # bit for bit, after 2 swaps
+    assert [(o.complaint, o.new_tokens) for o in folded.extract_batch(MERGE_TEXTS)] == [
+        (o.complaint, o.new_tokens) for o in base_answers]
+
+
+def test_a_failed_load_leaves_the_old_adapter_folded_and_serving(
+        tiny_model: Path, tmp_path: Path) -> None:
+    from inference.engine import Engine
+
+    v1 = make_adapter(tiny_model, tmp_path / "v1", "v1", seed=1) / "adapter"
+    engine = Engine(Settings(base_model=str(tiny_model), dtype="float32"))
+    engine.load_adapter(str(v1), version="v1")
+    before = [(o.complaint, o.new_tokens) for o in engine.extract_batch(MERGE_TEXTS)]
+    with pytest.raises(Exception):
+        engine.load_adapter(str(tmp_path / "missing"), version="v2")
+    assert engine.adapter_version == "v1" and engine._pristine
+    assert [(o.complaint, o.new_tokens) for o in engine.extract_batch(MERGE_TEXTS)] == before

@@ -248,7 +248,8 @@ def seed_loop(settings: Settings, texts: list[str], threads: int | None = None) 
     from core.validation import parse_complaint
     from inference.engine import Engine
 
-    engine = Engine(settings)
+    # The seed generates with the peft model as trained, the adapter not folded in.
+    engine = Engine(settings.model_copy(update={"merge_adapter": False}))
     model, tok = engine.model, engine.tokenizer
     run = SeedRun([], 0.0, 0)
     for text in texts:
