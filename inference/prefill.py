@@ -65,6 +65,40 @@ def _groups(lengths: list[int]) -> list[list[int]]:
     return groups
 
 
+_GROWING: list[type] = []
+
+
+def _growing_layer_class() -> type:
+    """A static cache layer that attends over its filled part only.
+
+    Its buffers are allocated once for the whole answer and written in place,
+    like transformers' ``StaticLayer``, but ``update`` returns views of the
+    positions written so far and the attention mask is sized to them, as for a
+    growing cache. A static layer attends over all ``max_cache_len`` positions
+    at every step, on average about twice the filled length here (prompt plus
+    the answer so far, against prompt plus the whole answer budget). Shapes
+    change at every step, so the layer is not offered to ``torch.compile``.
+    """
+    if not _GROWING:
+        from transformers.cache_utils import StaticLayer
+
+        class GrowingStaticLayer(StaticLayer):  # type: ignore[misc]
+            is_compileable = False
+            seen: int
+
+            def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
+                       *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                keys, values = super().update(key_states, value_states, *args, **kwargs)
+                self.seen += key_states.shape[-2]
+                return keys[:, :, :self.seen], values[:, :, :self.seen]
+
+            def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+                return self.seen + query_length, 0
+
+        _GROWING.append(GrowingStaticLayer)
+    return _GROWING[0]
+
+
 class Prefiller:
     """Builds ``generate`` inputs (ids, mask, filled cache) for token-id prompts."""
 
@@ -154,6 +188,9 @@ class Prefiller:
         ids = torch.full((len(rows), total + 1), self.pad_id, dtype=torch.long, device=device)
         mask = torch.zeros((len(rows), total + 1), dtype=torch.long, device=device)
         cache = StaticCache(config=model.config, max_cache_len=total + 1 + max_new_tokens)
+        for layer in cache.layers:
+            layer.__class__ = _growing_layer_class()
+            layer.seen = 0
         for j, layer in enumerate(cache.layers):
             k0 = kv[0][j][0]
             keys = k0.new_zeros((len(rows), k0.shape[0], total, k0.shape[2]))
