@@ -299,7 +299,7 @@ def test_a_failed_load_leaves_the_old_adapter_folded_and_serving(
     engine = Engine(Settings(base_model=str(tiny_model), dtype="float32"))
     engine.load_adapter(str(v1), version="v1")
     before = [(o.complaint, o.new_tokens) for o in engine.extract_batch(MERGE_TEXTS)]
-    with pytest.raises(Exception):
+    with pytest.raises((OSError, ValueError)):
         engine.load_adapter(str(tmp_path / "missing"), version="v2")
     assert engine.adapter_version == "v1" and engine._pristine
     assert [(o.complaint, o.new_tokens) for o in engine.extract_batch(MERGE_TEXTS)] == before
