@@ -102,3 +102,34 @@ def test_prefilled_cache_gives_the_same_answers_as_plain_padding(
             assert engine._prefiller and engine._prefiller._prefix is not None  # path taken
             assert [(o.complaint, o.new_tokens) for o in prefilled] == [
                 (o.complaint, o.new_tokens) for o in plain]
+
+
+def test_grouped_key_value_attention_on_cpu_changes_no_logit(
+        tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """inference.models.use_gqa_attention: the padded batch's logits stay the same, and
+    the switch really reaches PyTorch's attention."""
+    import torch
+    import torch.nn.functional as F
+
+    from inference.models import load_base
+
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    model, tok, _ = load_base(Settings(base_model=str(tiny_model), dtype="float32"))
+    assert model.config.num_attention_heads > model.config.num_key_value_heads
+    enc = tok(["短", "王五，广州市天河区体育西路1号，快递丢件"], padding=True, return_tensors="pt")
+    seen: list[bool] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args: object, **kw: object) -> torch.Tensor:
+        seen.append(bool(kw.get("enable_gqa", False)))
+        return sdpa(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        got = model(**enc).logits
+        monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA")
+        want = model(**enc).logits
+    n = model.config.num_hidden_layers
+    assert seen == [True] * n + [False] * n
+    keep = enc["attention_mask"].bool()
+    assert torch.allclose(got[keep], want[keep], atol=1e-5)
