@@ -91,6 +91,7 @@ def test_model_bench_runs_the_seed_loop_on_a_subset(
     report = json.loads(out.read_text())
     assert report["valid_rate"] == 1.0  # schema decoding: valid even from a random model
     assert report["seed_n"] == 1 and report["seed_extrapolated"] is True
+    assert report["seed_merged"] is False  # the seed generates with the unfolded peft model
     assert report["seed_complaints_per_s"] > 0 and report["seed_tokens_per_s"] > 0
     assert report["speedup_vs_seed"] == (report["complaints_per_s"]
                                          / report["seed_complaints_per_s"])

@@ -65,6 +65,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed-n", type=int, help="seed loop on the first M texts only; "
                    "its rate is extrapolated (default: all N)")
     p.add_argument("--no-seed", action="store_true", help="skip the seed loop")
+    p.add_argument("--seed-merged", action="store_true", help="seed loop with the adapter "
+                   "folded into the weights, as the workers serve it (the seed does not fold)")
     p.add_argument("--data", type=Path, help="records file (seed, chat or gold format) "
                    "instead of held-out synthetic complaints")
     p.add_argument("--data-seed", type=int, default=20261129, help="synthetic data seed")
@@ -238,8 +240,14 @@ def producer_rate(client: Any, texts: list[str]) -> float:
     return len(items) / elapsed
 
 
-def seed_loop(settings: Settings, texts: list[str], threads: int | None = None) -> SeedRun:
-    """One ``generate`` per text, exactly as the seed tutorial (same model and adapter)."""
+def seed_loop(settings: Settings, texts: list[str], threads: int | None = None,
+              merged: bool = False) -> SeedRun:
+    """One ``generate`` per text, exactly as the seed tutorial (same model and adapter).
+
+    The seed generates with the peft model as trained, the adapter not folded
+    into the weights; ``merged`` folds it, as the workers do, to show how much
+    of the difference that alone makes.
+    """
     import torch
 
     if threads:
@@ -248,8 +256,7 @@ def seed_loop(settings: Settings, texts: list[str], threads: int | None = None) 
     from core.validation import parse_complaint
     from inference.engine import Engine
 
-    # The seed generates with the peft model as trained, the adapter not folded in.
-    engine = Engine(settings.model_copy(update={"merge_adapter": False}))
+    engine = Engine(settings.model_copy(update={"merge_adapter": merged}))
     model, tok = engine.model, engine.tokenizer
     run = SeedRun([], 0.0, 0)
     for text in texts:
@@ -319,11 +326,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     model_settings = settings.model_copy(update={"adapter": adapter})
     seed_n = min(args.seed_n or args.n, args.n) if args.engine == "model" and not args.no_seed \
         else 0
-    seed = seed_loop(model_settings, texts[:seed_n], args.threads) if seed_n else None
+    seed = seed_loop(model_settings, texts[:seed_n], args.threads, args.seed_merged) \
+        if seed_n else None
     results = [e.get("result") if e.get("status") == "ok" else None for e in queue.envelopes]
     tokens = answer_tokens(model_settings, results) if args.engine == "model" else None
     report = summarize(queue, seed, golds, tokens) | measured | {
         "n": args.n, "seed_n": seed_n, "seed_extrapolated": 0 < seed_n < args.n,
+        "seed_merged": args.seed_merged,
         "workers": args.workers, "engine": args.engine, "threads": args.threads,
         "decoding": args.decoding or settings.decoding,
         "batch_size": args.batch_size or settings.batch_size,
