@@ -191,6 +191,14 @@ def test_extended_values_share_nothing_with_the_hard_set(ext400: list[Record]) -
         assert values.isdisjoint(r.gold[key] for r in hard), key
 
 
+def test_some_names_are_rare_and_none_is_a_hard_set_name() -> None:
+    records = synth_records(3000, 1, extended=True)  # the measured 60-minute run's data
+    names = [n for r in records if (n := r.gold["name"])]
+    compound = [n for n in names if n[:2] in banks_extra.COMPOUND_SURNAMES]
+    assert 0.03 < len(compound) / len(names) < 0.2
+    assert {n for r in load_hard_eval() if (n := r.gold["name"])}.isdisjoint(names)
+
+
 # --- CLI --------------------------------------------------------------------------
 
 

@@ -348,6 +348,18 @@ def _date(rng: random.Random) -> str:
     return f"{rng.randint(2022, 2025)}-{m:02d}-{d:02d} {hour:02d}:{minute:02d}"
 
 
+#: Share of extended Chinese texts whose name is a compound or rare family name with
+#: uncommon given-name characters: Faker's names are a narrow set, and a model
+#: trained on them alone takes an unusual name for a label or misses it.
+_RARE_NAME_RATE = 0.35
+
+
+def _rare_name(rng: random.Random) -> str:
+    compound = rng.random() < 0.6
+    family = rng.choice(banks_extra.COMPOUND_SURNAMES if compound else banks_extra.RARE_SURNAMES)
+    return family + "".join(rng.sample(banks_extra.GIVEN_CHARS, rng.choice((1, 2, 2))))
+
+
 def _ext_draft(x: _Ext, fake: Any) -> _Draft:
     """Gold values, missing and stated-absent fields, the question span and their tags."""
     rng = x.rng
@@ -360,6 +372,8 @@ def _ext_draft(x: _Ext, fake: Any) -> _Draft:
     pieces = [x.punct(s) for s in rng.sample(pool, count)]
     email, email_tag = _draw_email(rng, fake)
     name = fake.romanized_name() if x.english and rng.random() < 0.5 else str(fake.name())
+    if not x.english and rng.random() < _RARE_NAME_RATE:
+        name = _rare_name(rng)
     address = _draw_address(rng, fake)
     tags = [f"topic:{topic}"]
     if rng.random() < 0.08 and address != address.translate(_FULL_DIGITS):
