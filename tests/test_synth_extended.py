@@ -192,11 +192,15 @@ def test_extended_values_share_nothing_with_the_hard_set(ext400: list[Record]) -
 
 
 def test_some_names_are_rare_and_none_is_a_hard_set_name() -> None:
-    records = synth_records(3000, 1, extended=True)  # the measured 60-minute run's data
+    records = synth_records(3000, 1, extended=True, rare_names=True)  # the 60-minute run's
     names = [n for r in records if (n := r.gold["name"])]
     compound = [n for n in names if n[:2] in banks_extra.COMPOUND_SURNAMES]
     assert 0.03 < len(compound) / len(names) < 0.2
     assert {n for r in load_hard_eval() if (n := r.gold["name"])}.isdisjoint(names)
+    plain_names = [r.gold["name"] for r in synth_records(3000, 1, extended=True)]
+    assert not any(n and n[:2] in banks_extra.COMPOUND_SURNAMES for n in plain_names)
+    with pytest.raises(ValueError, match="extended"):
+        synth_records(3, 1, rare_names=True)
 
 
 # --- CLI --------------------------------------------------------------------------

@@ -201,9 +201,7 @@ TOPIC_EN: dict[str, str] = {
 # --- labels -------------------------------------------------------------------
 
 LABELS_ZH: dict[str, tuple[str, ...]] = {
-    "name": ("姓名", "联系人", "客户姓名", "报修人", "反映人", "称呼", "署名", "投诉人",
-             "诉求人", "当事人", "业主姓名", "用户名称", "登记人", "乘客姓名", "持卡人",
-             "户主", "寄件人", "顾客", "消费者", "求助人", "留言人", "提交人", "致电人"),
+    "name": ("姓名", "联系人", "客户姓名", "报修人", "反映人", "称呼", "署名"),
     "address": ("地址", "住址", "联系地址", "报修地址", "小区地址", "现住址"),
     "email": ("邮箱", "电子邮箱", "邮件地址", "回复邮箱", "E-mail", "Email"),
     "question": ("问题描述", "投诉内容", "诉求内容", "事件经过", "工单内容", "反映事项"),
@@ -214,6 +212,11 @@ LABELS_EN: dict[str, tuple[str, ...]] = {
     "email": ("Email", "E-mail", "Mail", "Reply-to"),
     "question": ("Issue", "Complaint", "Description", "Problem"),
 }
+#: More labels of a person's name, with ``rare_names`` only.
+NAME_LABELS_MORE = (
+    "投诉人", "诉求人", "当事人", "业主姓名", "用户名称", "登记人", "乘客姓名", "持卡人",
+    "户主", "寄件人", "顾客", "消费者", "求助人", "留言人", "提交人", "致电人",
+)
 #: Keys of ``key=value`` ticket exports.
 KV_KEYS: dict[str, tuple[str, ...]] = {
     "name": ("name", "customer_name", "姓名"),

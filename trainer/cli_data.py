@@ -36,6 +36,8 @@ def add_parser(sub: Any) -> None:
                          "no distractors (the seed tutorial's kind of text; a baseline)")
     layouts.add_argument("--extended", action="store_true", help="about 40%% of the rows in "
                          "e-mail, narrative, contact-last, ticket-form and injection layouts")
+    synth.add_argument("--rare-names", action="store_true", help="with --extended: a third "
+                       "of the extended Chinese texts use compound or rare family names")
     check = cmds.add_parser("check", help="validate a data file; print counts per split and tag")
     check.add_argument("file", type=Path)
     convert = cmds.add_parser("convert", help="convert a data file to another format")
@@ -61,7 +63,11 @@ def _synth(args: argparse.Namespace) -> int:
     from trainer.data import data_hash, save_records
     from trainer.synth import synth_records
 
-    records = synth_records(args.n, args.seed, plain=args.plain, extended=args.extended)
+    if args.rare_names and not args.extended:
+        print("error: --rare-names needs --extended", file=sys.stderr)
+        return 2
+    records = synth_records(args.n, args.seed, plain=args.plain, extended=args.extended,
+                            rare_names=args.rare_names)
     save_records(records, args.output, fmt=args.format)
     print(
         f"wrote {len(records)} {args.format} rows to {args.output} "

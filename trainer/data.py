@@ -313,9 +313,9 @@ def load_hard_eval() -> list[Record]:
     return load_records(hard_eval_path())
 
 
-def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False
-                  ) -> list[Record]:
+def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False,
+                  rare_names: bool = False) -> list[Record]:
     """``n`` synthetic records, identical for the same arguments (see trainer.synth)."""
     from trainer.synth import synth_records as _synth
 
-    return _synth(n, seed, plain, extended)
+    return _synth(n, seed, plain, extended, rare_names)

@@ -256,6 +256,7 @@ class _Ext:
     rng: random.Random
     width: str  # "full", "half" or "mixed" (decided anew at each use)
     english: bool
+    rare_names: bool = False  # rare family names, and more name labels
 
     def _half(self) -> bool:
         return self.width == "half" or (self.width == "mixed" and self.rng.random() < 0.5)
@@ -271,7 +272,10 @@ class _Ext:
         return self.rng.choice(en if self.english and self.rng.random() < 0.8 else zh)
 
     def label(self, key: str) -> str:
-        return self.pick(banks_extra.LABELS_ZH[key], banks_extra.LABELS_EN[key])
+        zh = banks_extra.LABELS_ZH[key]
+        if self.rare_names and key == "name":
+            zh = zh + banks_extra.NAME_LABELS_MORE
+        return self.pick(zh, banks_extra.LABELS_EN[key])
 
     def fill(self, template: str, **values: str) -> str:
         """A template with its punctuation (never the values) set to this text's width."""
@@ -372,7 +376,7 @@ def _ext_draft(x: _Ext, fake: Any) -> _Draft:
     pieces = [x.punct(s) for s in rng.sample(pool, count)]
     email, email_tag = _draw_email(rng, fake)
     name = fake.romanized_name() if x.english and rng.random() < 0.5 else str(fake.name())
-    if not x.english and rng.random() < _RARE_NAME_RATE:
+    if x.rare_names and not x.english and rng.random() < _RARE_NAME_RATE:
         name = _rare_name(rng)
     address = _draw_address(rng, fake)
     tags = [f"topic:{topic}"]
@@ -673,11 +677,11 @@ _RENDER: dict[str, Callable[[_Ext, _Draft], str | None]] = {
 }
 
 
-def _extended_one(rng: random.Random, fake: Any) -> Record | None:
+def _extended_one(rng: random.Random, fake: Any, rare_names: bool) -> Record | None:
     """One record in an extended layout, or None when it must be redrawn."""
     layout = rng.choice(EXTENDED_LAYOUTS)
     width = rng.choices(("full", "half", "mixed"), (0.55, 0.25, 0.2))[0]
-    x = _Ext(rng, width, english=rng.random() < _ENGLISH_RATE)
+    x = _Ext(rng, width, english=rng.random() < _ENGLISH_RATE, rare_names=rare_names)
     d = _ext_draft(x, fake)
     text = _RENDER[layout](x, d)
     if text is None:
@@ -698,18 +702,24 @@ def _clean_extended(r: Record, d: _Draft) -> bool:
     return not any(v in n for v in values for n in d.noise)
 
 
-def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False) -> list[Record]:
-    """``n`` synthetic records, identical for the same ``(n, seed, plain, extended)``.
+def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False,
+                  rare_names: bool = False) -> list[Record]:
+    """``n`` synthetic records, identical for the same arguments.
 
     ``plain`` gives one layout only (:data:`PLAIN`), as a baseline for ablations.
     ``extended`` lays about 40% of the records out in :data:`EXTENDED_LAYOUTS`
-    (drawn per record); the others come from the default layouts.
+    (drawn per record); the others come from the default layouts. With
+    ``rare_names`` a third of the extended Chinese texts name a person with a
+    compound or rare family name, and name fields have more labels; without it
+    the extended output is what it was before that option existed.
 
     Every record is checked: each non-null gold value occurs verbatim in the text,
     and the question span contains no other gold value.
     """
     if plain and extended:
         raise ValueError("plain and extended exclude each other")
+    if rare_names and not extended:
+        raise ValueError("rare_names applies to the extended layouts only")
     rng = random.Random(seed)
     fake = _faker(seed)
     # The extended layouts draw from a stream of their own: the default path's draws,
@@ -718,7 +728,7 @@ def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False
     out: list[Record] = []
     while len(out) < n:
         if xrng is not None and xrng.random() < _EXTENDED_SHARE:
-            record = _extended_one(xrng, fake)
+            record = _extended_one(xrng, fake, rare_names)
         else:
             record = _synth_one(rng, fake, plain)
         if record is None:
