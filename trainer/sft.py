@@ -242,7 +242,10 @@ def trainer_class(answer_head: bool) -> Any:
         return Trainer
 
     class AnswerTrainer(Trainer):  # type: ignore[misc]
-        loss_is_scaled_for_ga = True  # answer_loss divides by the count over all micro-batches
+        # With the Trainer's token count, answer_loss is already a share of the whole
+        # accumulated batch; without it (a model that takes no loss arguments) it is a
+        # per-batch mean, which the Trainer then divides by the accumulation steps.
+        # The Trainer's default rule (loss_is_scaled_for_ga = None) does exactly that.
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
