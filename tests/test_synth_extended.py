@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -13,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from trainer import banks, banks_extra, cli_data
+from tests.test_data import _parse
+from trainer import banks, banks_extra
 from trainer.data import Record, load_hard_eval, load_records, record_problems
 from trainer.synth import EXTENDED_LAYOUTS, EXTENDED_TAGS, synth_records
 
@@ -204,13 +204,6 @@ def test_some_names_are_rare_and_none_is_a_hard_set_name() -> None:
 
 
 # --- CLI --------------------------------------------------------------------------
-
-
-def _parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tiqu")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli_data.add_parser(sub)
-    return parser.parse_args(list(argv))
 
 
 def test_cli_extended_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
