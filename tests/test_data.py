@@ -117,6 +117,23 @@ def test_plain_synth_is_one_layout_with_every_field() -> None:
     assert {t for r in rows for t in r.tags} >= {"labelled", "fullwidth", "oneline", "plain"}
 
 
+def test_unlabelled_share_sets_the_layout_mix() -> None:
+    def share(rows: list[Record]) -> float:
+        return sum("unlabelled" in r.tags for r in rows) / len(rows)
+
+    assert 0.18 < share(synth_records(400, seed=2)) < 0.32  # the default quarter
+    rows = synth_records(400, seed=2, unlabelled=0.5)
+    assert 0.42 < share(rows) < 0.58
+    assert share(synth_records(100, seed=2, unlabelled=0.0)) == 0.0
+    assert share(synth_records(100, seed=2, unlabelled=1.0)) == 1.0
+    for r in rows:
+        assert record_problems(r) == [], r.text
+    with pytest.raises(ValueError, match="share"):
+        synth_records(10, seed=2, unlabelled=1.5)
+    with pytest.raises(ValueError, match="share"):
+        synth_records(10, seed=2, plain=True, unlabelled=0.5)
+
+
 def test_synth_rows_are_valid_and_grounded(synth2000: list[Record]) -> None:
     rows = synth2000[:500]
     for r in rows:

@@ -22,6 +22,13 @@ def _positive(value: str) -> int:
     return n
 
 
+def _share(value: str) -> float:
+    x = float(value)
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {x}")
+    return x
+
+
 def add_parser(sub: Any) -> None:
     """Register ``data`` and its subcommands on the dispatcher's subparsers."""
     p = sub.add_parser("data", help="make, check and convert training data")
@@ -38,6 +45,8 @@ def add_parser(sub: Any) -> None:
                          "e-mail, narrative, contact-last, ticket-form and injection layouts")
     synth.add_argument("--rare-names", action="store_true", help="with --extended: a third "
                        "of the extended Chinese texts use compound or rare family names")
+    synth.add_argument("--unlabelled", type=_share, metavar="SHARE", help="share of the "
+                       "default-layout texts with no field labels (default: a quarter)")
     check = cmds.add_parser("check", help="validate a data file; print counts per split and tag")
     check.add_argument("file", type=Path)
     convert = cmds.add_parser("convert", help="convert a data file to another format")
@@ -66,8 +75,11 @@ def _synth(args: argparse.Namespace) -> int:
     if args.rare_names and not args.extended:
         print("error: --rare-names needs --extended", file=sys.stderr)
         return 2
+    if args.unlabelled is not None and args.plain:
+        print("error: --unlabelled does not apply to --plain", file=sys.stderr)
+        return 2
     records = synth_records(args.n, args.seed, plain=args.plain, extended=args.extended,
-                            rare_names=args.rare_names)
+                            rare_names=args.rare_names, unlabelled=args.unlabelled)
     save_records(records, args.output, fmt=args.format)
     print(
         f"wrote {len(records)} {args.format} rows to {args.output} "

@@ -314,8 +314,8 @@ def load_hard_eval() -> list[Record]:
 
 
 def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False,
-                  rare_names: bool = False) -> list[Record]:
+                  rare_names: bool = False, unlabelled: float | None = None) -> list[Record]:
     """``n`` synthetic records, identical for the same arguments (see trainer.synth)."""
     from trainer.synth import synth_records as _synth
 
-    return _synth(n, seed, plain, extended, rare_names)
+    return _synth(n, seed, plain, extended, rare_names, unlabelled)

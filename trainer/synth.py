@@ -34,8 +34,12 @@ class _Style:
     joiner: str
 
     @classmethod
-    def draw(cls, rng: random.Random) -> _Style:
-        layout = rng.choice(("labelled", "labelled", "unlabelled", "inline"))
+    def draw(cls, rng: random.Random, unlabelled: float | None = None) -> _Style:
+        if unlabelled is None:  # the default mix: a quarter unlabelled, drawn as always
+            layout = rng.choice(("labelled", "labelled", "unlabelled", "inline"))
+        else:  # that share unlabelled; labelled and inline keep their 2:1
+            rest = rng.choice(("labelled", "labelled", "inline"))
+            layout = "unlabelled" if rng.random() < unlabelled else rest
         half = rng.random() < 0.3
         multiline = layout != "inline" and rng.random() < 0.45
         spaces = rng.random() < 0.2
@@ -176,11 +180,12 @@ def _arrange(contact: list[str], question: str | None, rng: random.Random) -> tu
 PLAIN = _Style("labelled", half=False, multiline=False, spaces=False, joiner="，")
 
 
-def _synth_one(rng: random.Random, fake: Any, plain: bool = False) -> Record | None:
+def _synth_one(rng: random.Random, fake: Any, plain: bool = False,
+               unlabelled: float | None = None) -> Record | None:
     """One synthetic record, or None when drawn values collide (the caller redraws)."""
     if plain:
         return _plain_one(rng, fake)
-    style = _Style.draw(rng)
+    style = _Style.draw(rng, unlabelled)
     values, tags = _draw_values(rng, fake, style)
     segs = {k: _segment(k, v, style, rng) for k, v in values.items()}
     tags += ["stated_absent"] if any(values[k] is None and segs[k] for k in FIELDS) else []
@@ -703,7 +708,7 @@ def _clean_extended(r: Record, d: _Draft) -> bool:
 
 
 def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False,
-                  rare_names: bool = False) -> list[Record]:
+                  rare_names: bool = False, unlabelled: float | None = None) -> list[Record]:
     """``n`` synthetic records, identical for the same arguments.
 
     ``plain`` gives one layout only (:data:`PLAIN`), as a baseline for ablations.
@@ -712,6 +717,8 @@ def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False
     ``rare_names`` a third of the extended Chinese texts name a person with a
     compound or rare family name, and name fields have more labels; without it
     the extended output is what it was before that option existed.
+    ``unlabelled`` sets the share of default-layout texts given without any field
+    label (the generator's own mix has a quarter); None keeps the default draws.
 
     Every record is checked: each non-null gold value occurs verbatim in the text,
     and the question span contains no other gold value.
@@ -720,6 +727,8 @@ def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False
         raise ValueError("plain and extended exclude each other")
     if rare_names and not extended:
         raise ValueError("rare_names applies to the extended layouts only")
+    if unlabelled is not None and (plain or not 0.0 <= unlabelled <= 1.0):
+        raise ValueError(f"unlabelled must be a share in [0, 1] without plain, got {unlabelled}")
     rng = random.Random(seed)
     fake = _faker(seed)
     # The extended layouts draw from a stream of their own: the default path's draws,
@@ -730,7 +739,7 @@ def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False
         if xrng is not None and xrng.random() < _EXTENDED_SHARE:
             record = _extended_one(xrng, fake, rare_names)
         else:
-            record = _synth_one(rng, fake, plain)
+            record = _synth_one(rng, fake, plain, unlabelled)
         if record is None:
             continue
         problems = record_problems(record)
