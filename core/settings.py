@@ -74,6 +74,10 @@ class Settings(BaseSettings):
         description="copy: values are spans of the input; schema: JSON schema "
         "only; none: unconstrained.",
     )
+    copy_email_spans: bool = Field(
+        True, description="copy decoding: the email value is null or one whole e-mail "
+        "address of the input."
+    )
     max_text_chars: int = Field(8000, description="Longer texts get text_too_long.")
     max_new_tokens: int = Field(
         1024, description="Hard cap on generated tokens per complaint."

@@ -27,10 +27,12 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
+from core.schema import FIELDS
 from inference import vocab
 from inference.vocab import INF, AnswerFormat, EscapedText, Outcome, RowState, TokenBytes
 
 LIT, COPY, DONE = vocab.LIT, vocab.COPY, vocab.DONE
+EMAIL = FIELDS.index("email")
 _NO_LIMIT = np.iinfo(np.int64).max // 4
 
 
@@ -44,10 +46,18 @@ class RequestTables:
     ``close`` (the token holds a closing quote).
     """
 
-    def __init__(self, fmt: AnswerFormat, tb: TokenBytes, text: str, cap: int | None) -> None:
+    def __init__(self, fmt: AnswerFormat, tb: TokenBytes, text: str, cap: int | None,
+                 email_spans: bool = False) -> None:
         self.fmt, self.tb = fmt, tb
         self.esc = EscapedText(text, cap)
         nf, self.width = fmt.fields, self.esc.n + 1
+        # reach[j]: field j copies only inside these spans, whole spans at a time
+        self.reach: list[np.ndarray | None] = [None] * nf
+        self.span_edges: list[tuple[np.ndarray, np.ndarray]] = [(self.esc.cut, self.esc.cut)] * nf
+        if email_spans:
+            spans = vocab.email_spans(text)
+            self.reach[EMAIL] = vocab.span_reach(self.esc, spans)
+            self.span_edges[EMAIL] = vocab.span_edges(self.esc, spans)
         self.cbase = fmt.n + 1 + nf
         self.nkeys = self.cbase + nf * self.width
         empty = np.zeros(0, dtype=np.int64)
@@ -112,7 +122,9 @@ class RequestTables:
             return np.zeros(0, dtype=np.int64)
         starts = np.array(found, dtype=np.int64)
         ends = starts[np.isin(starts, st.pos)] + k
-        return ends[ends <= self.esc.lim[ends - (st.copied + k)]]
+        ends = ends[ends <= self.esc.lim[ends - (st.copied + k)]]
+        reach = self.reach[st.field]
+        return ends if reach is None else ends[reach[ends - k] >= ends]
 
     def run(self, st: RowState, data: bytes) -> RowState | None:
         """Feed bytes to a COPY state (the general, slow path; used for rare tokens
@@ -129,6 +141,10 @@ class RequestTables:
             if k < 0:
                 return RowState(COPY, field=st.field, pos=ends, copied=total)
             if total and self.esc.cut[ends[0]]:
+                if self.reach[st.field] is not None:  # a confined value closes at a span end
+                    ends = ends[self.span_edges[st.field][1][ends]]
+                    if not len(ends):
+                        return None
                 step = self.fmt.walk(self.fmt.slot_end[st.field], data, k + 1)
                 if step is None:
                     return None
@@ -158,18 +174,25 @@ class RequestTables:
         is_copy = np.arange(len(tok)) < len(copies[0])
         out = np.concatenate([np.full(len(copies[0]), -1, dtype=np.int64), c_out])
         fixed = np.concatenate([np.full(len(copies[0]), INF), self.costs(c_out)])
-        fin = np.where(esc.cut, close_cost, INF).astype(np.int64)
-        short = end <= esc.nc[p]
-        inner = short & ~esc.cut[p]
-        for _ in range(16):  # an escape is at most 6 bytes, so this settles fast
-            val = np.minimum(np.where(is_copy, fin[end], fixed) + 1, INF)
-            new = fin.copy()
-            np.minimum.at(new, p[inner], val[inner])
-            if np.array_equal(new, fin):
-                break
-            fin = new
+        if (reach := self.reach[j]) is not None:  # copy within a span, close at its end
+            can_start, can_end = self.span_edges[j]
+            ok = np.where(is_copy, reach[p] >= end, can_end[end] & ((p == end) | (reach[p] >= end)))
+            tok, p, end, is_copy, out, fixed = (a[ok] for a in (tok, p, end, is_copy, out, fixed))
+            fin = _span_costs(p, end, is_copy, fixed, np.where(can_end, close_cost, INF))
+            first = can_start[p]
+        else:
+            fin = np.where(esc.cut, close_cost, INF).astype(np.int64)
+            short = end <= esc.nc[p]
+            inner = short & ~esc.cut[p]
+            for _ in range(16):  # an escape is at most 6 bytes, so this settles fast
+                val = np.minimum(np.where(is_copy, fin[end], fixed) + 1, INF)
+                new = fin.copy()
+                np.minimum.at(new, p[inner], val[inner])
+                if np.array_equal(new, fin):
+                    break
+                fin = new
+            first = short & esc.cut[p]
         after = np.where(is_copy, fin[end], fixed)
-        first = short & esc.cut[p]
         fo = np.full(self.width, INF, dtype=np.int64)
         np.minimum.at(fo, p[first], np.minimum(after[first] + 1, INF))
         self.fin[j] = fin
@@ -198,6 +221,21 @@ class RequestTables:
         self.tok, self.end, self.cost_after = tok[keep][order], end[keep][order], cost[keep][order]
         self.out, self.close = out[keep][order], close[keep][order]
         self.indptr = np.searchsorted(key, np.arange(self.nkeys + 1)).astype(np.int64)
+
+
+def _span_costs(p: np.ndarray, end: np.ndarray, is_copy: np.ndarray, fixed: np.ndarray,
+                fin: np.ndarray) -> np.ndarray:
+    """Fewest tokens to finish from each position of a value confined to spans.
+
+    Every entry stays inside one span, so the exact cost is a backward pass over
+    the (few) positions that have entries; ``fin`` holds the costs at span ends.
+    """
+    fin = fin.astype(np.int64)
+    for q in np.unique(p)[::-1]:
+        at = p == q
+        val = np.where(is_copy[at], fin[end[at]], fixed[at]) + 1
+        fin[q] = min(int(fin[q]), int(val.min()), INF)
+    return fin
 
 
 class CopyLogitsProcessor(LogitsProcessor):
@@ -237,7 +275,7 @@ class CopyLogitsProcessor(LogitsProcessor):
         keys = base + tab.cbase + st.field * tab.width + st.pos
         lims = tab.esc.lim[st.pos - st.copied]
         bias = 0.0
-        if st.copied and tab.esc.cut[st.pos[0]]:
+        if st.copied and tab.span_edges[st.field][1][st.pos].any():  # it may close here
             keys = np.append(keys, base + self.fmt.n + 1 + st.field)
             lims = np.append(lims, _NO_LIMIT)
         if self.cap and self.close_bias and st.copied:
@@ -331,16 +369,20 @@ class CopyConstraint:
     ``max_value_chars`` caps each value (characters of the decoded value). With a
     cap, closing tokens get a logit bonus rising linearly from 0 at half the cap to
     ``close_bias`` at the cap, so the model prefers to end long values itself.
+    With ``email_spans`` the email value is ``null`` or one whole e-mail address
+    of the input (:data:`inference.vocab.EMAIL_RE`, full-width ones too), never a
+    phone number, a word such as "无" or part of an address.
     """
 
     def __init__(self, tokenizer: Any, token_bytes: TokenBytes | None = None,
                  max_value_chars: int | None = None, close_bias: float = 4.0,
-                 eos_token_id: int | None = None) -> None:
+                 eos_token_id: int | None = None, email_spans: bool = False) -> None:
         self.tb = token_bytes if token_bytes is not None else TokenBytes(tokenizer)
         self.eos_id = int(tokenizer.eos_token_id if eos_token_id is None else eos_token_id)
         self.pad_id = tokenizer.pad_token_id
         self.max_value_chars = max_value_chars
         self.close_bias = close_bias
+        self.email_spans = email_spans
         self.fmt = AnswerFormat(self.tb, self.eos_id)
 
     def min_tokens(self) -> int:
@@ -357,7 +399,8 @@ class CopyConstraint:
             raise ValueError("one budget per text")
         if budgets and min(budgets) < self.min_tokens():
             raise ValueError(f"a budget below {self.min_tokens()} tokens cannot fit the answer")
-        tables = [RequestTables(self.fmt, self.tb, t, self.max_value_chars) for t in texts]
+        tables = [RequestTables(self.fmt, self.tb, t, self.max_value_chars, self.email_spans)
+                  for t in texts]
         return CopyLogitsProcessor(self, tables, budgets)
 
 

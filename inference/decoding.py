@@ -71,7 +71,7 @@ class CopyDecoder:
     def __init__(self, tokenizer: Any, settings: Settings) -> None:
         from inference.copydecode import CopyConstraint
 
-        self.constraint = CopyConstraint(tokenizer)
+        self.constraint = CopyConstraint(tokenizer, email_spans=settings.copy_email_spans)
 
     def generate_kwargs(self, texts: list[str], budgets: list[int]) -> dict[str, Any]:
         from transformers import LogitsProcessorList

@@ -294,6 +294,7 @@ class EscapedText:
         m = len(pieces)
         lens = np.array([len(p) for p in pieces], dtype=np.int64)
         bounds = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        self.bounds = bounds  # byte position of each character boundary
         self.cut = np.zeros(n + 1, dtype=bool)
         self.cut[bounds] = True
         self.cidx = np.concatenate([np.repeat(np.arange(m), lens), [m]]).astype(np.int64)
@@ -302,6 +303,35 @@ class EscapedText:
             self.lim = np.full(n + 1, n, dtype=np.int64)
         else:
             self.lim = bounds[np.minimum(self.cidx + max(cap, 1), m)]
+
+
+#: Full-width ASCII folded to ASCII, one character for one (positions are kept).
+_FOLD_WIDTH = {c: chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)}
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+
+
+def email_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the e-mail addresses in ``text``, full-width ones too."""
+    return [m.span() for m in EMAIL_RE.finditer(text.translate(_FOLD_WIDTH))]
+
+
+def span_reach(esc: EscapedText, spans: list[tuple[int, int]]) -> np.ndarray:
+    """For each byte position of ``E``: the end of the span holding it, else -1.
+
+    A value confined to these spans copies only from ``p`` to at most
+    ``reach[p]``, starts at a span's start and ends at its end."""
+    reach = np.full(esc.n + 1, -1, dtype=np.int64)
+    for s, e in spans:
+        reach[esc.bounds[s]:esc.bounds[e]] = esc.bounds[e]
+    return reach
+
+
+def span_edges(esc: EscapedText, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks over the byte positions of ``E``: where a span starts, where one ends."""
+    starts, ends = np.zeros(esc.n + 1, dtype=bool), np.zeros(esc.n + 1, dtype=bool)
+    for s, e in spans:
+        starts[esc.bounds[s]], ends[esc.bounds[e]] = True, True
+    return starts, ends
 
 
 @dataclass(frozen=True, eq=False)

@@ -416,3 +416,64 @@ def test_garbage_model_output_becomes_valid(env: Env) -> None:
 def test_bench_mask_reports_timings() -> None:
     out = bench_mask(HAND, ["张三住在北京", "李四"], steps=5)
     assert out["mask_ms_per_step"] > 0 and out["build_ms_per_request"] > 0
+
+
+# ---------------------------------------------------------------- e-mail spans
+
+
+def test_email_spans_find_half_and_full_width_addresses() -> None:
+    from inference.vocab import email_spans
+
+    text = "邮箱：li64@example.org，抄送ｋｅｆｕ＠ｓｈｏｐ．ｃｏｍ；电话13800000000；无@"
+    found = [text[a:b] for a, b in email_spans(text)]
+    assert found == ["li64@example.org", "ｋｅｆｕ＠ｓｈｏｐ．ｃｏｍ"]
+    assert email_spans("邮箱：无，QQ 12345") == []
+
+
+def test_email_field_copies_only_a_whole_address() -> None:
+    cc = CopyConstraint(HAND, email_spans=True)
+    text = "张三 a@b.cn 北京"
+    head = ids_of('{"', "name", '":', " null", ",", ' "', "address", '":', " null", ",", ' "',
+                  "email", '":')
+    # no address in the text: the email value can only be null
+    assert ids_of(' "')[0] not in drive(cc, "张三住在北京", head)
+    assert ids_of(' "')[0] in drive(cc, text, head)
+    nxt = drive(cc, text, head + ids_of(' "'))
+    assert nxt == set(byte_ids("a"))  # only where an address starts
+    nxt = drive(cc, text, head + ids_of(' "') + byte_ids("a@b"))
+    assert not nxt & set(ids_of('"', '",', '", "'))  # not before the address ends
+    nxt = drive(cc, text, head + ids_of(' "') + byte_ids("a@b.cn"))
+    assert set(ids_of('",', '", "')) <= nxt and byte_ids(" ")[0] not in nxt
+    # other fields copy as before, and the rule is off by default
+    assert ids_of(' "')[0] in drive(CopyConstraint(HAND), "张三住在北京", head)
+    name = drive(cc, text, ids_of('{"', "name", '":', ' "'))
+    assert byte_ids("a")[0] in name and ids_of("张三")[0] in name
+
+
+@FAST
+@given(texts=st.lists(st.lists(st.one_of(SLICES, st.sampled_from(PIECES), st.sampled_from(
+    ["a@b.cn", "ｘ＠ｙ．ｃｏｍ", "li.64@example.org", "@", "无"])), min_size=1, max_size=6)
+    .map("".join), min_size=1, max_size=3), seed=st.integers(0, 1000))
+def test_email_value_is_null_or_one_whole_address(env: Env, texts: list[str], seed: int) -> None:
+    from inference.vocab import email_spans
+
+    cc = CopyConstraint(env.tok, token_bytes=env.cc.tb, email_spans=True)
+    typed = Env(env.tok, env.model, cc)
+    budgets = [cc.min_tokens() + 40] * len(texts)
+    rows = generate(typed, texts, budgets, seed, quote_penalty=3.0)
+    for text, ids, budget in zip(texts, rows, budgets, strict=True):
+        email = check_answer(typed, text, ids, budget)["email"]
+        assert email is None or email in [text[a:b] for a, b in email_spans(text)]
+
+
+def test_every_gold_email_is_one_whole_address() -> None:
+    """The rule's premise: no data set has a gold email that the rule would refuse."""
+    from inference.vocab import email_spans
+    from trainer.data import load_hard_eval, synth_records
+
+    rows = [*load_hard_eval(), *synth_records(300, 4), *synth_records(300, 4, extended=True,
+                                                                       rare_names=True)]
+    golds = [(r.text, r.gold["email"]) for r in rows if r.gold["email"]]
+    assert len(golds) > 400
+    for text, email in golds:
+        assert email in [text[a:b] for a, b in email_spans(text)], (email, text)
