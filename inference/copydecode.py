@@ -55,9 +55,8 @@ class RequestTables:
         self.reach: list[np.ndarray | None] = [None] * nf
         self.span_edges: list[tuple[np.ndarray, np.ndarray]] = [(self.esc.cut, self.esc.cut)] * nf
         if email_spans:
-            spans = vocab.email_spans(text)
-            self.reach[EMAIL] = vocab.span_reach(self.esc, spans)
-            self.span_edges[EMAIL] = vocab.span_edges(self.esc, spans)
+            reach, starts, ends = vocab.span_tables(self.esc, vocab.email_spans(text))
+            self.reach[EMAIL], self.span_edges[EMAIL] = reach, (starts, ends)
         self.cbase = fmt.n + 1 + nf
         self.nkeys = self.cbase + nf * self.width
         empty = np.zeros(0, dtype=np.int64)
@@ -98,6 +97,13 @@ class RequestTables:
                 self.special_cost.append(cost)
             self._memo[out] = code
         return self._memo[out]
+
+    def may_close(self, st: RowState) -> bool:
+        """Whether the value copied so far (``st.copied`` > 0) may close here."""
+        assert st.pos is not None
+        if self.reach[st.field] is None:  # the copied bytes decide: same at every end
+            return bool(self.esc.cut[st.pos[0]])
+        return bool(self.span_edges[st.field][1][st.pos].any())  # some end closes a span
 
     def state_cost(self, st: RowState) -> int:
         """Fewest tokens to finish from a LIT or COPY state."""
@@ -275,7 +281,7 @@ class CopyLogitsProcessor(LogitsProcessor):
         keys = base + tab.cbase + st.field * tab.width + st.pos
         lims = tab.esc.lim[st.pos - st.copied]
         bias = 0.0
-        if st.copied and tab.span_edges[st.field][1][st.pos].any():  # it may close here
+        if st.copied and tab.may_close(st):
             keys = np.append(keys, base + self.fmt.n + 1 + st.field)
             lims = np.append(lims, _NO_LIMIT)
         if self.cap and self.close_bias and st.copied:

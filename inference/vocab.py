@@ -315,23 +315,19 @@ def email_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in EMAIL_RE.finditer(text.translate(_FOLD_WIDTH))]
 
 
-def span_reach(esc: EscapedText, spans: list[tuple[int, int]]) -> np.ndarray:
-    """For each byte position of ``E``: the end of the span holding it, else -1.
+def span_tables(esc: EscapedText, spans: list[tuple[int, int]]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(reach, starts, ends)`` over the byte positions of ``E`` for character ``spans``.
 
-    A value confined to these spans copies only from ``p`` to at most
-    ``reach[p]``, starts at a span's start and ends at its end."""
+    ``reach[p]``: the end of the span holding p, else -1; ``starts``/``ends``: masks
+    of where a span starts and ends. A value confined to the spans copies from p to
+    at most ``reach[p]``, starts at a span's start and closes at its end."""
     reach = np.full(esc.n + 1, -1, dtype=np.int64)
-    for s, e in spans:
-        reach[esc.bounds[s]:esc.bounds[e]] = esc.bounds[e]
-    return reach
-
-
-def span_edges(esc: EscapedText, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Masks over the byte positions of ``E``: where a span starts, where one ends."""
     starts, ends = np.zeros(esc.n + 1, dtype=bool), np.zeros(esc.n + 1, dtype=bool)
     for s, e in spans:
-        starts[esc.bounds[s]], ends[esc.bounds[e]] = True, True
-    return starts, ends
+        lo, hi = esc.bounds[s], esc.bounds[e]
+        reach[lo:hi], starts[lo], ends[hi] = hi, True, True
+    return reach, starts, ends
 
 
 @dataclass(frozen=True, eq=False)
