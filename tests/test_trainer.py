@@ -126,6 +126,66 @@ def test_answer_loss_equals_the_models_own_loss_and_gradient(tiny_model: Path) -
     assert answer_loss(model, batch, 2 * n).item() == pytest.approx(theirs.item() / 2, rel=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_training_from_the_cached_frozen_prefix_gives_the_same_loss_and_gradients(
+    arch: str, tmp_path: Path,
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.tiny import build_model
+    from trainer import prefix
+    from trainer.lora import add_lora
+
+    folder = build_model(tmp_path / arch, "bpe", seed=1, layers=4, arch=arch)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model, layers, _ = add_lora(AutoModelForCausalLM.from_pretrained(folder),
+                                TrainConfig(layers=[2, 3], dropout=0.0))
+    assert prefix.why_not(model, layers) is None
+    examples = encode_records(tok, synth_records(6, seed=6), 4096).examples
+    collate = PadCollator(tok.pad_token_id)
+    cache = prefix.build(model, examples, 2, collate, "cpu", batch_size=4, progress=False)
+    assert cache is not None and len(cache.states) == 6
+    assert [len(s) for s in cache.states] == [len(e.input_ids) for e in examples]
+    assert model.training  # build() leaves the train/eval mode as it found it
+
+    def loss_and_grads(rows: list[dict[str, Any]]) -> tuple[float, list[Any]]:
+        model.zero_grad()
+        loss = answer_loss(model, collate(rows))
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    picked = [0, 3, 5]  # rows of different lengths: padding in both paths
+    plain = [{"input_ids": examples[i].input_ids, "labels": examples[i].labels} for i in picked]
+    cached = [{**row, prefix.KEY: cache.states[i], "prefix_start": 2}
+              for row, i in zip(plain, picked, strict=True)]
+    full_loss, full_grads = loss_and_grads(plain)
+    short_loss, short_grads = loss_and_grads(cached)
+    assert short_loss == pytest.approx(full_loss, rel=1e-5)
+    assert len(full_grads) == 2 * 2 * 7  # A and B, 2 layers, 7 linear modules
+    for a, b in zip(full_grads, short_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in short_grads)
+
+
+def test_the_frozen_prefix_is_not_cached_where_it_would_not_be_exact(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import build_model
+    from trainer import prefix
+    from trainer.lora import add_lora
+
+    folder = build_model(tmp_path / "m", "bpe", seed=1, layers=3)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert prefix.why_not(model, None) == "LoRA starts at layer 0"
+    assert prefix.why_not(model, [0, 2]) == "LoRA starts at layer 0"
+    model.config.attention_dropout = 0.1
+    assert "dropout" in str(prefix.why_not(model, [2]))
+    model.config.attention_dropout = 0.0
+    peft_model, layers, _ = add_lora(model, TrainConfig(layers=[2], dropout=0.3))
+    assert prefix.why_not(peft_model, layers) is None  # LoRA's own dropout is above the cut
+
+
 # --- config ---------------------------------------------------------------------
 
 
@@ -213,6 +273,7 @@ def test_two_step_run_writes_exactly_the_expected_files(run: tuple[Path, Path, M
     assert loaded.data["rows"] == 40 and loaded.data["dropped"] == 0
     assert sum(loaded.data[s] for s in ("train", "val", "test")) == 40
     assert loaded.timings["steps"] == 2
+    assert loaded.timings["prefix_cache_s"] > 0  # LoRA on layer 1 only: layer 0 ran once a row
     for name, digest in loaded.files.items():
         assert sha256_file(out / "adapter" / name) == digest
     with safe_open(str(out / "adapter/adapter_model.safetensors"), "pt") as fh:

@@ -63,6 +63,8 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], help="base weight dtype")
     p.add_argument("--report-to", nargs="+", help="tensorboard, swanlab and/or wandb")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--no-cache-prefix", action="store_true",
+                   help="run the layers below --layers at every step, not once per row")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
     p.add_argument("--keep-checkpoints", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -111,6 +113,8 @@ def train_config(args: argparse.Namespace) -> Any:
         values["layers"] = args.layers
     if args.no_progress:
         values["progress"] = False
+    if args.no_cache_prefix:
+        values["cache_prefix"] = False
     return TrainConfig.from_dict(values)
 
 

@@ -82,6 +82,7 @@ class TrainConfig:
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     gradient_checkpointing: bool = False
     trim_logits: bool = True  # output head and loss on answer tokens only (sft.answer_loss)
+    cache_prefix: bool = True  # layers below the first LoRA layer run once per row (trainer.prefix)
     group_by_length: bool = True
     report_to: list[str] = field(default_factory=list)
     seed: int = 0
@@ -326,7 +327,8 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
     clock.append(time.perf_counter())
     version = _run_state(out_dir, resuming, data_hash(records), config)
     model, layers, targets = add_lora(model, config)
-    trainer = fit(model, tok, sets, config, out_dir / CHECKPOINTS, device, report, resuming)
+    trainer, cache = fit(model, tok, sets, config, out_dir / CHECKPOINTS, device, report,
+                         resuming, layers)
     clock.append(time.perf_counter())
     steps, history = trainer.state.global_step, trainer.state.log_history
     report({"phase": "eval", "step": steps, "total": steps, "loss": _last(history, "loss")})
@@ -346,7 +348,8 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
               "max_len": config.max_len, "train_tokens": sets[0].tokens},
         metrics={"train_loss": _last(history, "loss"), "eval_loss": _last(history, "eval_loss"),
                  "eval_rows": len(rows), **scores.get("overall", {})},
-        timings=_timings(clock, steps, device, train_dtype(config, device)),
+        timings={**_timings(clock, steps, device, train_dtype(config, device)),
+                 "prefix_cache_s": round(cache.build_s, 2) if cache else None},
         files=hash_folder(out_dir / ADAPTER_DIRNAME),
         **extra,
     )

@@ -15,6 +15,7 @@ imported inside functions, so this module stays light to import.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,10 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from core.prompting import render_training
 from core.schema import answer_json
+from trainer import prefix
 from trainer.data import Record
 
 if TYPE_CHECKING:
     from trainer.lora import TrainConfig
+    from trainer.prefix import PrefixCache
+
+log = logging.getLogger(__name__)
 
 #: Receives ``{"phase", "step", "total", "loss"}`` as training advances.
 Progress = Callable[[dict[str, Any]], None]
@@ -87,18 +92,27 @@ def encode_records(tokenizer: Any, records: Iterable[Record], max_len: int) -> E
 
 
 class ExampleDataset:
-    """A map-style dataset over examples, as the transformers Trainer expects."""
+    """A map-style dataset over examples, as the transformers Trainer expects.
 
-    def __init__(self, examples: Sequence[Example]) -> None:
+    With a :class:`trainer.prefix.PrefixCache` each row also carries its cached
+    hidden states, and training starts from them (:func:`answer_loss`).
+    """
+
+    def __init__(self, examples: Sequence[Example], cache: PrefixCache | None = None) -> None:
         self.examples = list(examples)
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         e = self.examples[i]
         # "input_ids" is the length the group-by-length sampler measures.
-        return {"input_ids": e.input_ids, "labels": e.labels}
+        row: dict[str, Any] = {"input_ids": e.input_ids, "labels": e.labels}
+        if self.cache is not None:
+            row[prefix.KEY] = self.cache.states[i]
+            row["prefix_start"] = self.cache.start
+        return row
 
 
 class PadCollator:
@@ -111,7 +125,7 @@ class PadCollator:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         width = max(len(r["input_ids"]) for r in rows)
@@ -121,11 +135,19 @@ class PadCollator:
             ids.append(r["input_ids"] + [self.pad_id] * pad)
             labels.append(r["labels"] + [IGNORE] * pad)
             mask.append([1] * len(r["input_ids"]) + [0] * pad)
-        return {
+        batch = {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.tensor(mask, dtype=torch.long),
         }
+        if prefix.KEY in rows[0]:
+            states = [r[prefix.KEY] for r in rows]
+            padded = states[0].new_zeros((len(rows), width, states[0].shape[-1]))
+            for j, state in enumerate(states):
+                padded[j, : len(state)] = state
+            batch[prefix.KEY] = padded
+            batch["prefix_start"] = rows[0]["prefix_start"]
+        return batch
 
 
 def answer_loss(model: Any, batch: dict[str, Any], num_items: Any = None) -> Any:
@@ -142,9 +164,7 @@ def answer_loss(model: Any, batch: dict[str, Any], num_items: Any = None) -> Any
     import torch.nn.functional as F
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
+    hidden = prefix.top_hidden(base, batch)
     target = batch["labels"][:, 1:]  # the state at position i predicts token i + 1
     keep = target != IGNORE
     logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
@@ -173,9 +193,10 @@ def progress_callback(report: Progress) -> Any:
     return _Report()
 
 
-def time_limit_callback(limit_s: float) -> Any:
-    """A Trainer callback that stops training after ``limit_s`` seconds of steps.
+def time_limit_callback(limit_s: float, started: float | None = None) -> Any:
+    """A Trainer callback that stops training ``limit_s`` seconds after ``started``.
 
+    ``started`` is a :func:`time.monotonic` time; by default, the first step.
     The learning-rate schedule still runs over ``max_steps``; a stopped run ends
     with its rate part-way down, and its last step is checkpointed as usual.
     """
@@ -185,7 +206,7 @@ def time_limit_callback(limit_s: float) -> Any:
         start_s = 0.0
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.start_s = time.monotonic()
+            self.start_s = time.monotonic() if started is None else started
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if time.monotonic() - self.start_s >= limit_s:
@@ -256,25 +277,51 @@ def trainer_class(answer_head: bool) -> Any:
 
 
 def make_trainer(model: Any, tok: Any, sets: tuple[Encoded, Encoded], config: TrainConfig,
-                 ckpt_dir: Path, device: str, report: Progress) -> Any:
-    """A transformers Trainer over the encoded ``(train, val)`` sets."""
+                 ckpt_dir: Path, device: str, report: Progress,
+                 cache: PrefixCache | None = None, started: float | None = None) -> Any:
+    """A transformers Trainer over the encoded ``(train, val)`` sets.
+
+    ``cache`` holds the training rows' frozen prefix; ``started`` (monotonic
+    seconds) is when the time limit starts counting, by default the first step.
+    """
     train_set, val_set = sets
     return trainer_class(config.trim_logits)(
         model=model,
         args=training_args(config, ckpt_dir, device, has_eval=bool(val_set.examples)),
         data_collator=PadCollator(int(tok.pad_token_id)),
-        train_dataset=ExampleDataset(train_set.examples),
+        train_dataset=ExampleDataset(train_set.examples, cache),
         eval_dataset=ExampleDataset(val_set.examples) if val_set.examples else None,
         callbacks=[progress_callback(report)]
-        + ([time_limit_callback(config.max_train_s)] if config.max_train_s else []),
+        + ([time_limit_callback(config.max_train_s, started)] if config.max_train_s else []),
     )
 
 
+def prefix_cache(model: Any, tok: Any, train_set: Encoded, config: TrainConfig,
+                 layers: list[int] | None, device: str) -> PrefixCache | None:
+    """The frozen prefix of the training rows, where ``config`` asks for it and it is exact."""
+    if not (config.cache_prefix and config.trim_logits):
+        return None
+    reason = prefix.why_not(model, layers)
+    if reason:
+        log.info("frozen prefix not cached: %s", reason)
+        return None
+    assert layers is not None
+    return prefix.build(model, train_set.examples, min(layers), PadCollator(int(tok.pad_token_id)),
+                        device, config.eval_batch_size, config.progress)
+
+
 def fit(model: Any, tok: Any, sets: tuple[Encoded, Encoded], config: TrainConfig,
-        ckpt_dir: Path, device: str, report: Progress, resuming: bool) -> Any:
-    """Run the Trainer (from the last checkpoint when ``resuming``); returns it."""
-    trainer = make_trainer(model, tok, sets, config, ckpt_dir, device, report)
+        ckpt_dir: Path, device: str, report: Progress, resuming: bool,
+        layers: list[int] | None = None) -> tuple[Any, PrefixCache | None]:
+    """Run the Trainer (from the last checkpoint when ``resuming``); returns it and the cache.
+
+    The time limit counts from before the frozen prefix is cached, so a run with
+    the cache takes no more wall time than one without.
+    """
+    started = time.monotonic()
+    cache = prefix_cache(model, tok, sets[0], config, layers, device)
+    trainer = make_trainer(model, tok, sets, config, ckpt_dir, device, report, cache, started)
     trainer.train(resume_from_checkpoint=True if resuming else None)
     if sets[1].examples and trainer.state.global_step % config.eval_every:
         trainer.evaluate()  # the curve ends with an eval point
-    return trainer
+    return trainer, cache
