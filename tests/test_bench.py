@@ -97,3 +97,26 @@ def test_model_bench_runs_the_seed_loop_on_a_subset(
                                          / report["seed_complaints_per_s"])
     assert report["tokens_per_s"] > 0 and report["decoding"] == "schema"
     assert "extrapolated" in proc.stdout
+
+
+def test_train_step_bench_times_both_ways_and_refuses_lora_from_layer_0(
+    tiny_model: Path, tmp_path: Path, capsys: Any,
+) -> None:
+    import pytest
+
+    from core.errors import ConfigError
+    from core.settings import Settings
+    from trainer.bench_step import main, measure
+
+    settings = Settings(base_model=str(tiny_model))
+    out = tmp_path / "step.json"
+    assert main(settings, out, [-1], steps=2) == 0
+    report = json.loads(out.read_text())
+    assert report["layers"] == [1] and report["steps"] == 2 and report["rows"] > 0
+    assert len(report["whole_s_per_step"]) == len(report["cached_s_per_step"]) == 2
+    assert min(report["whole_s_per_step"] + report["cached_s_per_step"]) > 0
+    assert report["speedup"] == round(sum(report["whole_s_per_step"])
+                                      / sum(report["cached_s_per_step"]), 2)
+    assert "speedup" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="LoRA starts at layer 0"):
+        measure(settings, [0, 1], steps=1, rounds=1, rows=8)

@@ -77,6 +77,11 @@ def add_parser(sub: Any) -> None:
                    "seed loop (default: torch's choice; split between workers when W > 1)")
     p.add_argument("--gpu-sweep", action="store_true",
                    help="decode sweep of a random Qwen3-0.6B on the GPU instead (see bench_gpu)")
+    p.add_argument("--train-step", action="store_true",
+                   help="time a LoRA training step with and without the frozen prefix instead")
+    p.add_argument("--train-layers", default="18-29",
+                   help="--train-step: LoRA layers (top4, 18-29)")
+    p.add_argument("--train-steps", type=int, default=10, help="--train-step: steps a round")
     p.set_defaults(func=run)
 
 
@@ -317,6 +322,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from tiqu.bench_gpu import main as gpu_main
 
         return gpu_main(args.json)
+    if args.train_step:
+        from trainer.bench_step import main as step_main
+        from trainer.cli import parse_layers
+
+        return step_main(settings, args.json, parse_layers(args.train_layers), args.train_steps)
     if args.n < 1 or args.workers < 1:
         raise ConfigError(f"--n and --workers must be >= 1, got {args.n} and {args.workers}")
     adapter = args.adapter or settings.adapter
