@@ -182,6 +182,9 @@ def test_the_frozen_prefix_is_not_cached_where_it_would_not_be_exact(tmp_path: P
     model.config.attention_dropout = 0.1
     assert "dropout" in str(prefix.why_not(model, [2]))
     model.config.attention_dropout = 0.0
+    model.config.layer_types = ["sliding_attention", "full_attention", "full_attention"]
+    assert "mixes layer types" in str(prefix.why_not(model, [2]))
+    model.config.layer_types = ["full_attention"] * 3
     peft_model, layers, _ = add_lora(model, TrainConfig(layers=[2], dropout=0.3))
     assert prefix.why_not(peft_model, layers) is None  # LoRA's own dropout is above the cut
 

@@ -10,8 +10,8 @@ adapter are the same as without the cache (a test checks it); the forward pass
 of the frozen layers is no longer paid at every step.
 
 The cache is used only where it is exact: LoRA starts above layer 0, the model
-has no dropout of its own, and a check on the first batch finds the short path
-equal to the full one. Otherwise training runs the full model, as before.
+has no dropout of its own and one kind of layer, and a check on the first
+batch finds the short path equal to the full one. Otherwise training runs the full model, as before.
 """
 
 from __future__ import annotations
@@ -68,7 +68,12 @@ def why_not(model: Any, layers: Sequence[int] | None) -> str | None:
     config = model.config
     drops = {k: getattr(config, k) for k in _DROPOUTS
              if isinstance(getattr(config, k, None), float) and getattr(config, k) > 0}
-    return f"the model has dropout {drops}" if drops else None
+    if drops:
+        return f"the model has dropout {drops}"
+    # Some decoders pick each layer's attention mask by its index in the loop; with
+    # mixed kinds (sliding and full) a loop that starts part-way would pick wrongly.
+    kinds = set(getattr(config, "layer_types", None) or [])
+    return f"the model mixes layer types {sorted(kinds)}" if len(kinds) > 1 else None
 
 
 @contextmanager
