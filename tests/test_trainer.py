@@ -249,6 +249,21 @@ def _is_png(path: Path) -> bool:
     return head[:8] == b"\x89PNG\r\n\x1a\n" and width > 100 and height > 100
 
 
+def test_the_loss_plot_turns_logarithmic_when_the_loss_falls_far(tmp_path: Path) -> None:
+    from trainer.plots import log_scale, loss_points, plot_loss
+
+    history = [{"step": 1, "loss": 0.3}, {"step": 100, "loss": 0.01, "eval_loss": 0.02},
+               {"step": 600, "loss": 0.003, "eval_loss": 0.0044}]
+    points = loss_points(history)
+    assert points["eval"] == [(100, 0.02), (600, 0.0044)]
+    assert log_scale(points)  # 0.3 / 0.003 = 100
+    assert log_scale(loss_points(history[:2]))  # 0.3 / 0.01 = 30
+    assert not log_scale(loss_points([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}]))
+    assert not log_scale(loss_points([{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.0}]))
+    assert not log_scale({"train": [], "eval": []})
+    assert _is_png(plot_loss(history, tmp_path / "loss.png"))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Manifest]:
     """One 2-step run on a tiny model: (model folder, run folder, manifest)."""

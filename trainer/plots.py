@@ -19,6 +19,16 @@ def loss_points(history: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[in
     return points
 
 
+def log_scale(points: Mapping[str, list[tuple[int, float]]], span: float = 20.0) -> bool:
+    """Whether the losses span more than ``span`` times, so a log axis shows the tail.
+
+    A LoRA run's loss falls by two orders of magnitude; on a linear axis its
+    second half is a flat line at zero, where the eval loss still moves.
+    """
+    losses = [loss for pts in points.values() for _, loss in pts]
+    return bool(losses) and min(losses) > 0 and max(losses) / min(losses) > span
+
+
 def plot_loss(history: Iterable[Mapping[str, Any]], path: Path, title: str = "") -> Path:
     """Write a PNG of train and eval loss against the optimiser step to ``path``.
 
@@ -39,6 +49,9 @@ def plot_loss(history: Iterable[Mapping[str, Any]], path: Path, title: str = "")
             ax.plot(steps, losses, label=f"{name} loss", **styles[name])
     ax.set_xlabel("step")
     ax.set_ylabel("loss (answer tokens)")
+    if log_scale(points):
+        ax.set_yscale("log")
+        ax.set_ylabel("loss (answer tokens, log scale)")
     ax.set_title(title or "LoRA fine-tuning")
     ax.grid(True, alpha=0.3)
     if any(points.values()):
