@@ -63,8 +63,9 @@ adapter-synth: venv
 # The best run on the synthetic test set: 95.2 % field exact on 400 fresh rows
 # (docs/benchmarks.md, "The whole schedule"); 45 % of the texts unlabelled,
 # exactly 1,000 training rows (the hash split's train part of 1,244). All 620
-# steps took 42 min with the frozen prefix cached; a slower machine stops at the
-# 44-minute limit (449 steps, 94.9 %).
+# steps took 42 min with the frozen prefix cached; on a slower machine the
+# 44-minute limit stops it early (a slower 2-core VM, before the cache existed:
+# 449 steps, 94.9 %).
 adapter-unlabelled: venv
 	$(TIQU) model fetch
 	$(TIQU) data synth --n 1244 --seed 1 --unlabelled 0.45 --format gold -o runs/train_u45.jsonl
