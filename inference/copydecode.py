@@ -51,12 +51,11 @@ class RequestTables:
         self.fmt, self.tb = fmt, tb
         self.esc = EscapedText(text, cap)
         nf, self.width = fmt.fields, self.esc.n + 1
-        # reach[j]: field j copies only inside these spans, whole spans at a time
-        self.reach: list[np.ndarray | None] = [None] * nf
-        self.span_edges: list[tuple[np.ndarray, np.ndarray]] = [(self.esc.cut, self.esc.cut)] * nf
+        # spans[j]: (reach, starts, ends) of vocab.span_tables when field j copies only
+        # whole spans (the email rule), else None
+        self.spans: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * nf
         if email_spans:
-            reach, starts, ends = vocab.span_tables(self.esc, vocab.email_spans(text))
-            self.reach[EMAIL], self.span_edges[EMAIL] = reach, (starts, ends)
+            self.spans[EMAIL] = vocab.span_tables(self.esc, vocab.email_spans(text))
         self.cbase = fmt.n + 1 + nf
         self.nkeys = self.cbase + nf * self.width
         empty = np.zeros(0, dtype=np.int64)
@@ -101,9 +100,10 @@ class RequestTables:
     def may_close(self, st: RowState) -> bool:
         """Whether the value copied so far (``st.copied`` > 0) may close here."""
         assert st.pos is not None
-        if self.reach[st.field] is None:  # the copied bytes decide: same at every end
+        spans = self.spans[st.field]
+        if spans is None:  # the copied bytes decide: same at every end
             return bool(self.esc.cut[st.pos[0]])
-        return bool(self.span_edges[st.field][1][st.pos].any())  # some end closes a span
+        return bool(spans[2][st.pos].any())  # some end closes a span
 
     def state_cost(self, st: RowState) -> int:
         """Fewest tokens to finish from a LIT or COPY state."""
@@ -129,8 +129,8 @@ class RequestTables:
         starts = np.array(found, dtype=np.int64)
         ends = starts[np.isin(starts, st.pos)] + k
         ends = ends[ends <= self.esc.lim[ends - (st.copied + k)]]
-        reach = self.reach[st.field]
-        return ends if reach is None else ends[reach[ends - k] >= ends]
+        spans = self.spans[st.field]
+        return ends if spans is None else ends[spans[0][ends - k] >= ends]
 
     def run(self, st: RowState, data: bytes) -> RowState | None:
         """Feed bytes to a COPY state (the general, slow path; used for rare tokens
@@ -147,8 +147,8 @@ class RequestTables:
             if k < 0:
                 return RowState(COPY, field=st.field, pos=ends, copied=total)
             if total and self.esc.cut[ends[0]]:
-                if self.reach[st.field] is not None:  # a confined value closes at a span end
-                    ends = ends[self.span_edges[st.field][1][ends]]
+                if (spans := self.spans[st.field]) is not None:  # closes at a span end
+                    ends = ends[spans[2][ends]]
                     if not len(ends):
                         return None
                 step = self.fmt.walk(self.fmt.slot_end[st.field], data, k + 1)
@@ -180,8 +180,8 @@ class RequestTables:
         is_copy = np.arange(len(tok)) < len(copies[0])
         out = np.concatenate([np.full(len(copies[0]), -1, dtype=np.int64), c_out])
         fixed = np.concatenate([np.full(len(copies[0]), INF), self.costs(c_out)])
-        if (reach := self.reach[j]) is not None:  # copy within a span, close at its end
-            can_start, can_end = self.span_edges[j]
+        if (spans := self.spans[j]) is not None:  # copy within a span, close at its end
+            reach, can_start, can_end = spans
             ok = np.where(is_copy, reach[p] >= end, can_end[end] & ((p == end) | (reach[p] >= end)))
             tok, p, end, is_copy, out, fixed = (a[ok] for a in (tok, p, end, is_copy, out, fixed))
             fin = _span_costs(p, end, is_copy, fixed, np.where(can_end, close_cost, INF))

@@ -157,8 +157,7 @@ def test_training_from_the_cached_frozen_prefix_gives_the_same_loss_and_gradient
 
     picked = [0, 3, 5]  # rows of different lengths: padding in both paths
     plain = [{"input_ids": examples[i].input_ids, "labels": examples[i].labels} for i in picked]
-    cached = [{**row, prefix.KEY: cache.states[i], "prefix_start": 2}
-              for row, i in zip(plain, picked, strict=True)]
+    cached = [row | cache.row(i) for row, i in zip(plain, picked, strict=True)]
     full_loss, full_grads = loss_and_grads(plain)
     short_loss, short_grads = loss_and_grads(cached)
     assert short_loss == pytest.approx(full_loss, rel=1e-5)

@@ -50,8 +50,7 @@ def measure(settings: Settings, layers: list[int], steps: int = 10, rounds: int 
         t0 = time.perf_counter()
         for idx in batches:
             batch = collate([{"input_ids": examples[i].input_ids, "labels": examples[i].labels,
-                              **({prefix.KEY: cache.states[i], "prefix_start": start}
-                                 if cached else {})} for i in idx])
+                              **(cache.row(i) if cached else {})} for i in idx])
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
             answer_loss(model, batch).backward()
             model.zero_grad()

@@ -11,7 +11,8 @@ of the frozen layers is no longer paid at every step.
 
 The cache is used only where it is exact: LoRA starts above layer 0, the model
 has no dropout of its own and one kind of layer, and a check on the first
-batch finds the short path equal to the full one. Otherwise training runs the full model, as before.
+batch finds the short path equal to the full one. Otherwise training runs the
+full model, as before.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Batch key of the cached hidden states; answer_loss starts from them when present.
-KEY = "prefix_hidden"
+#: Batch keys of the cached hidden states and of the layer they enter; answer_loss
+#: starts from them when present.
+KEY, START = "prefix_hidden", "prefix_start"
 
 #: Config attributes that put dropout in the frozen layers.
 _DROPOUTS = ("attention_dropout", "hidden_dropout", "hidden_dropout_prob", "dropout",
@@ -43,6 +45,10 @@ class PrefixCache:
     start: int
     states: list[Any] = field(default_factory=list)
     build_s: float = 0.0
+
+    def row(self, i: int) -> dict[str, Any]:
+        """The batch keys of row ``i``, added to its ``input_ids`` and ``labels``."""
+        return {KEY: self.states[i], START: self.start}
 
     @property
     def megabytes(self) -> float:
@@ -119,7 +125,7 @@ def top_hidden(model: Any, batch: dict[str, Any]) -> Any:
     if KEY not in batch:
         return decoder(input_ids=batch["input_ids"],
                        attention_mask=batch["attention_mask"]).last_hidden_state
-    with layers_from(decoder, int(batch["prefix_start"])):
+    with layers_from(decoder, int(batch[START])):
         return decoder(inputs_embeds=batch[KEY],
                        attention_mask=batch["attention_mask"]).last_hidden_state
 
@@ -166,7 +172,7 @@ def _short_path_is_exact(model: Any, batch: dict[str, Any], hidden: Any, start: 
 
     with torch.no_grad():
         full = top_hidden(model, batch)
-        short = top_hidden(model, {**batch, KEY: hidden, "prefix_start": start})
+        short = top_hidden(model, {**batch, KEY: hidden, START: start})
     real = batch["attention_mask"].bool()
     diff = (full[real].float() - short[real].float()).abs().max().item()
     scale = full[real].float().abs().max().item()

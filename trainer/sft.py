@@ -109,10 +109,7 @@ class ExampleDataset:
         e = self.examples[i]
         # "input_ids" is the length the group-by-length sampler measures.
         row: dict[str, Any] = {"input_ids": e.input_ids, "labels": e.labels}
-        if self.cache is not None:
-            row[prefix.KEY] = self.cache.states[i]
-            row["prefix_start"] = self.cache.start
-        return row
+        return row if self.cache is None else row | self.cache.row(i)
 
 
 class PadCollator:
@@ -146,7 +143,7 @@ class PadCollator:
             for j, state in enumerate(states):
                 padded[j, : len(state)] = state
             batch[prefix.KEY] = padded
-            batch["prefix_start"] = rows[0]["prefix_start"]
+            batch[prefix.START] = rows[0][prefix.START]
         return batch
 
 
