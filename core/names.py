@@ -11,6 +11,10 @@ RESULT_KEY_PREFIX = "celery-task-meta-"
 #: Redis key prefix for everything tiqu itself stores (registry, worker state).
 KEY_PREFIX = "tiqu:"
 ACTIVE_ADAPTER_KEY = KEY_PREFIX + "adapters:active"
+#: Queue items refused without a usable task id: ``{reason, size, queue, at}``, no body.
+DEAD_LETTER_KEY = KEY_PREFIX + "deadletter"
+#: Most entries kept on the dead-letter list (LTRIM), so it cannot grow without bound.
+DEAD_LETTER_MAX = 10000
 
 
 def result_key(task_id: str) -> str:

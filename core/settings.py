@@ -48,6 +48,25 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(
         86400, description="Seconds a result (personal data) is kept in Redis."
     )
+    dead_worker_s: int = Field(
+        60,
+        description="A worker whose liveness key is older than this is dead: another "
+        "worker puts back everything it held (in-flight and unacknowledged).",
+    )
+    max_message_bytes: int = Field(
+        262144,
+        description="Queue items larger than this are refused before they are decoded.",
+    )
+    store_retry_s: float = Field(
+        60.0,
+        description="How long a worker retries storing results while Redis refuses "
+        "writes (OOM, MISCONF, READONLY) before it puts the batch back unanswered.",
+    )
+    breaker_failures: int = Field(
+        3,
+        description="Consecutive batches that fail for reasons not the input's before "
+        "the worker stops consuming, puts back what it holds and exits non-zero.",
+    )
 
     # --- Model ---------------------------------------------------------------
     cache_dir: Path = Field(
@@ -103,10 +122,31 @@ class Settings(BaseSettings):
     adapter_dir: Path | None = Field(
         None, description="Shared adapter folder; defaults to cache_dir/adapters."
     )
+    adapter_signing_key: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key: publish signs adapter manifests, and workers "
+        "refuse unsigned or wrongly signed records.",
+    )
     adapter_promote_margin: float = Field(
         0.0,
         description="Automatic promotion: the largest drop in any score (vs the active "
         "adapter, same eval set) still accepted; negative demands a gain.",
+    )
+
+    # --- Training queue ----------------------------------------------------------
+    train_data_dir: Path | None = Field(
+        None, description="tiqu.train reads 'data' only below this folder; defaults to "
+        "cache_dir/train-data."
+    )
+    train_runs_dir: Path | None = Field(
+        None, description="tiqu.train writes 'out' only below this folder; defaults to "
+        "adapters_dir/runs."
+    )
+    train_max_row_bytes: int = Field(
+        65536, description="tiqu.train refuses a data row larger than this."
+    )
+    train_max_total_bytes: int = Field(
+        268435456, description="tiqu.train refuses data larger than this in total."
     )
 
     # --- Operations -------------------------------------------------------------
@@ -125,6 +165,11 @@ class Settings(BaseSettings):
     )
     worker_name: str | None = Field(None, description="Celery node name.")
     log_level: str = Field("INFO", description="Worker log level.")
+    fault_point: str | None = Field(
+        None,
+        description="Testing only: SIGKILL the worker when it reaches this named step "
+        "(workers.faults), or 'engine' to make every generation fail.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -135,6 +180,12 @@ class Settings(BaseSettings):
             problems.append(
                 f"flush_interval_s must be > 0, got {self.flush_interval_s}"
             )
+        if self.dead_worker_s < 5:
+            problems.append(f"dead_worker_s must be >= 5, got {self.dead_worker_s}")
+        if self.max_message_bytes < 1024:
+            problems.append(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.breaker_failures < 1:
+            problems.append(f"breaker_failures must be >= 1, got {self.breaker_failures}")
         if self.max_text_chars < 1:
             problems.append(f"max_text_chars must be >= 1, got {self.max_text_chars}")
         if self.max_new_tokens < 16:
@@ -158,3 +209,11 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.adapter_dir or self.cache_dir / "adapters"
+
+    @property
+    def train_data_root(self) -> Path:
+        return self.train_data_dir or self.cache_dir / "train-data"
+
+    @property
+    def train_runs_root(self) -> Path:
+        return self.train_runs_dir or self.adapters_dir / "runs"
