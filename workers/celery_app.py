@@ -15,11 +15,12 @@ from celery import signals
 from core.names import EXTRACT_QUEUE, EXTRACT_TASK
 from core.queue import make_celery
 from core.settings import Settings
-from workers import control, guard, hotswap, metrics
+from workers import control, faults, guard, hotswap, metrics
 from workers.batching import ExtractBatches
 from workers.runtime import Runtime
 
 settings = Settings()
+faults.arm(settings.fault_point)
 app = make_celery(settings)
 runtime = Runtime(settings, engine_kind=settings.engine)
 
