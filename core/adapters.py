@@ -13,6 +13,11 @@ publish time (see core.adapter_stores): a shared folder, or Redis itself in
 chunks of at most 1 MiB. Every file's sha256 is in the manifest and is checked
 after each download and on every use of the local cache. Workers report what
 they serve in a hash ``tiqu:workers:<name>``. Light: redis and pydantic, never torch.
+
+Anyone who can write to Redis can write these keys, so everything read back is
+checked before it names a path: versions and file names (core.manifest),
+chunk counts and sizes (``check_record``), and, with
+``settings.adapter_signing_key``, the record's HMAC signature.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from core.adapter_stores import (
     FolderStore,
@@ -36,18 +41,29 @@ from core.adapter_stores import (
     RedisStore,
     Store,
     adapter_files,
+    check_record,
     redis_from_settings,
     verify_files,
 )
 from core.errors import ConfigError, IncompatibleAdapter, ModelNotFound
-from core.manifest import ADAPTER_DIRNAME, MANIFEST_NAME, Manifest
+from core.manifest import (
+    ADAPTER_DIRNAME,
+    MANIFEST_NAME,
+    Manifest,
+    check_adapter_folder,
+    check_signature,
+    check_version,
+    inside,
+    sign,
+)
 from core.names import ACTIVE_ADAPTER_KEY, KEY_PREFIX
 from core.prompting import PROMPT_VERSION
 from core.schema import SCHEMA_VERSION
 from core.settings import Settings
 
 __all__ = ["FolderStore", "Record", "RedisStore", "Registry", "Promotion", "Decision",
-           "should_promote", "check_compatible", "verify_files", "redis_from_settings"]
+           "should_promote", "check_compatible", "verify_files", "redis_from_settings",
+           "check_adapter_folder"]
 
 log = logging.getLogger("tiqu.adapters")
 
@@ -60,7 +76,8 @@ BASE = "none"
 #: worker was started with (``TIQU_ADAPTER``), in envelopes.
 RESERVED = frozenset({"", BASE, "local"})
 CACHE_DIRNAME = "adapter-cache"
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: A record is a manifest with metrics and at most three sha256s: far under this.
+MAX_RECORD_BYTES = 1 << 20
 
 
 def worker_key(worker: str) -> str:
@@ -69,7 +86,8 @@ def worker_key(worker: str) -> str:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    # A forged value need not be UTF-8; the version check refuses what it decodes to.
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def wanted_version(raw: bytes | str) -> str | None:
@@ -93,11 +111,11 @@ class Promotion(BaseModel):
 
 
 def check_version_name(version: str) -> None:
-    if version in RESERVED or not _VERSION_RE.match(version):
-        raise ConfigError(
-            f"adapter version {version!r} is not valid: use 1-64 letters, digits, '.', '_' "
-            f"or '-', starting with a letter or digit, and none of {sorted(RESERVED)}"
-        )
+    """Raise ConfigError unless ``version`` can be published."""
+    if version in RESERVED:
+        raise ConfigError(f"adapter version {version!r} is not valid: "
+                          f"{sorted(RESERVED)} are reserved")
+    check_version("adapter version", version, ConfigError)
 
 
 def check_compatible(manifest: Manifest, base_hash: str,
@@ -148,27 +166,57 @@ class Registry:
         manifest.version = version
         files = adapter_files(src, manifest)
         manifest.files = files
-        folder = src / ADAPTER_DIRNAME
+        folder = check_adapter_folder(src / ADAPTER_DIRNAME)
+        key = self._signing_key()
         store = self.store(self.settings.adapter_store)
         location, chunks = store.put(version, folder, files, manifest)
         record = Record(version=version, store=store.name, location=location,
                         published_at=now_iso(), chunks=chunks, manifest=manifest,
-                        size_bytes=sum((folder / rel).stat().st_size for rel in files))
+                        size_bytes=sum((folder / rel).stat().st_size for rel in files),
+                        signature=sign(key, version, files) if key else "")
         if not self.client.hsetnx(VERSIONS_KEY, version, record.model_dump_json()):
             raise ConfigError(f"adapter version {version!r} was published meanwhile; pick another")
-        log.info("published adapter %s (%d bytes, %s store)", version, record.size_bytes,
-                 store.name)
+        log.info("published adapter %s (%d bytes, %s store%s)", version, record.size_bytes,
+                 store.name, ", signed" if key else "")
         return record
 
-    def get(self, version: str) -> Record:
+    def _signing_key(self) -> str | None:
+        key = self.settings.adapter_signing_key
+        return key.get_secret_value() or None if key is not None else None
+
+    def get(self, version: str, verify: bool = False) -> Record:
+        """The record published as ``version``, refused (IncompatibleAdapter, naming the
+        field) unless :func:`check_record` passes; with ``verify`` and a signing key
+        set, also unless it carries that key's signature."""
+        check_version("adapter version", version)
+        size = self.client.hstrlen(VERSIONS_KEY, version)
+        if size > MAX_RECORD_BYTES:  # checked before the read: a forged record may be huge
+            raise IncompatibleAdapter(f"adapter {version} record is {size} bytes > limit "
+                                      f"{MAX_RECORD_BYTES}")
         raw = self.client.hget(VERSIONS_KEY, version)
         if raw is None:
             raise ModelNotFound(f"adapter version {version!r} is not published")
-        return Record.model_validate_json(raw)
+        try:
+            record = Record.model_validate_json(raw)
+        except ValidationError as err:
+            where = ".".join(str(p) for p in err.errors()[0]["loc"])
+            raise IncompatibleAdapter(f"adapter {version} record is not valid: {err.error_count()}"
+                                      f" errors, the first at {where!r}") from err
+        check_record(record, version)
+        key = self._signing_key()
+        if verify and key:
+            check_signature(key, version, record.manifest.files, record.signature)
+        return record
 
     def versions(self) -> list[Record]:
-        """Every published version, oldest first."""
-        records = [Record.model_validate_json(v) for v in self.client.hvals(VERSIONS_KEY)]
+        """Every published version that passes :meth:`get`'s checks, oldest first;
+        the others are logged and left out."""
+        records = []
+        for field in self.client.hkeys(VERSIONS_KEY):
+            try:
+                records.append(self.get(_text(field)))
+            except (IncompatibleAdapter, ModelNotFound) as err:
+                log.warning("adapter record left out: %s", err)
         return sorted(records, key=lambda r: r.published_at)
 
     # --- the active version ---------------------------------------------------
@@ -186,7 +234,7 @@ class Registry:
     def promote(self, version: str, reason: str = "") -> Promotion:
         """Make ``version`` (or ``"none"``, the base model) active and record why."""
         if version != BASE:
-            self.get(version)
+            self.get(version, verify=True)
         return self._switch(lambda _history: version, reason, "promote")
 
     def rollback(self, reason: str = "") -> Promotion:
@@ -240,10 +288,15 @@ class Registry:
     def fetch(self, version: str) -> Path:
         """A local folder holding ``version``'s adapter files, every sha256 checked.
 
-        A cached copy is checked too, and downloaded again if it fails.
+        The record passes :meth:`get` (with the signature) first, and every path
+        is proven inside the cache before a write or delete. Files download into
+        a temporary folder inside the cache that becomes ``<version>`` only when
+        every sha256 matches, and is removed otherwise. A cached copy is checked
+        too, and downloaded again if it fails.
         """
-        record = self.get(version)
-        final = self.cache_root / version
+        record = self.get(version, verify=True)
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        final = inside(self.cache_root, version)
         if final.exists():
             try:
                 verify_files(final, record.manifest.files, version)
@@ -251,7 +304,6 @@ class Registry:
             except IncompatibleAdapter as err:
                 log.warning("cached adapter failed its check, downloading again: %s", err)
                 shutil.rmtree(final, ignore_errors=True)
-        self.cache_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.cache_root))
         try:
             self.store(record.store).get(record, tmp)

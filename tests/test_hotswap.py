@@ -236,3 +236,23 @@ def test_corrupt_or_foreign_adapter_is_refused_and_old_one_serves(
     assert state["serving"] == "v1" and state["refused"] == "badsum"
     assert "'adapter_model.safetensors' sha256" in state["last_error"]
     assert "badsum" not in [p.name for p in (tmp_path / "cache-bad" / "adapter-cache").iterdir()]
+
+
+def test_a_worker_killed_in_a_swap_dies_after_the_fetch_and_before_serving(
+    redis_db: redis.Redis, redis_url: str, tiny_model: Path, adapters: dict[str, Path],
+    tmp_path: Path, workers: list[WorkerProc],
+) -> None:
+    """The ``in_swap`` kill point sits between the verified fetch and the load."""
+    reg = Registry(redis_db, shared_settings(tmp_path))
+    reg.publish(adapters["v1"])
+    w = start_worker("inswap", env_for(redis_url, tiny_model, tmp_path, "inswap",
+                                       TIQU_FAULT_POINT="in_swap"), tmp_path / "w.log")
+    workers.append(w)
+    envs = ask(Client(redis_db), TEXTS)
+    assert [e["adapter_version"] for e in envs] == [None]  # no active key: base model
+    reg.promote("v1")
+    Client(redis_db).submit_many([("after", TEXTS[0])])  # the next batch swaps first
+    assert w.proc.wait(60) == -9
+    cached = tmp_path / "cache-inswap" / "adapter-cache"
+    assert sorted(p.name for p in cached.iterdir()) == ["v1"]  # fetched whole, no temp folder
+    assert "adapter swapped" not in w.log()

@@ -1,7 +1,8 @@
 """``tiqu adapters list|show|publish|promote|rollback|history|workers``.
 
 ``publish DIR`` stores ``DIR/adapter/`` and ``DIR/manifest.json`` (as the
-trainer writes them) and prints the new version on stdout. ``promote`` and
+trainer writes them), signed when ``TIQU_ADAPTER_SIGNING_KEY`` is set, and
+prints the new version on stdout. ``promote`` and
 ``rollback`` change the one active-version key, then broadcast ``tiqu_swap`` so
 idle workers swap at once, and print each worker's reply. Busy workers swap
 before their next batch anyway. Exit status 1 when a worker refuses the
@@ -62,8 +63,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if action == "publish":
         record = registry.publish(args.dir, version=args.version)
+        signed = ", signed" if record.signature else ""
         print(f"published {record.version}: {record.size_bytes} bytes in the {record.store} "
-              f"store", file=sys.stderr)
+              f"store{signed}", file=sys.stderr)
         print(record.version)
         return 0
     if action == "history":

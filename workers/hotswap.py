@@ -16,6 +16,12 @@ in the middle of a batch. Any failure leaves the old adapter serving, is
 logged and reported in the Redis hash ``tiqu:workers:<name>`` (and in the
 control command's reply), and the refused version is not tried again until
 the active key changes or a ``tiqu_swap`` broadcast asks for a retry.
+
+The active key and the records are hostile input (anyone with the Redis
+password can write them): the registry refuses bad names, paths that leave
+their folder, non-safetensors weights and, with a signing key, unsigned or
+wrongly signed records, all as ordinary refusals. A forged version is shown
+clipped in logs and reports.
 """
 
 from __future__ import annotations
@@ -35,12 +41,20 @@ from core.adapters import (
     wanted_version,
     worker_key,
 )
+from core.manifest import VERSION_RE, shown
 from core.names import ACTIVE_ADAPTER_KEY
 from core.settings import Settings
+from workers import faults
 
 log = logging.getLogger("tiqu.hotswap")
 
 COMMAND = "tiqu_swap"
+
+
+def label(want: str | None) -> str:
+    """A version as logs and reports show it: as is when valid, else clipped repr."""
+    text = want or BASE
+    return text if text == BASE or VERSION_RE.fullmatch(text) else shown(text, 60)
 
 
 class Swapper:
@@ -103,32 +117,39 @@ class Swapper:
             if want is None:
                 engine.use_base()
             else:
-                record = self.registry.get(want)
+                record = self.registry.get(want, verify=True)
                 check_compatible(record.manifest, engine.base_hash)
-                engine.load_adapter(str(self.registry.fetch(want)), version=want)
+                path = self.registry.fetch(want)
+                faults.point("in_swap")  # fetched and verified, not yet serving
+                engine.load_adapter(str(path), version=want)
         except Exception as err:
-            self.refused, self.last_error = want or BASE, f"{want or BASE}: {err}"
-            log.error("adapter %s refused, still serving %s: %s", want or BASE, old or BASE, err)
+            self.refused, self.last_error = want or BASE, f"{label(want)}: {err}"
+            log.error("adapter %s refused, still serving %s: %s", label(want), label(old), err)
             return
         self.refused, self.last_error = None, ""
         self.swaps += 1
         log.info("adapter swapped %s -> %s", old or BASE, want or BASE)
 
     def report(self) -> dict[str, Any]:
-        """Write this worker's state to ``tiqu:workers:<name>`` and return it."""
+        """Write this worker's state to ``tiqu:workers:<name>`` (TTL: the result TTL) and
+    return it."""
         engine = self.engine
         state: dict[str, str | int] = {
             "worker": self.runtime.worker_name,
             "serving": (engine.adapter_version or BASE) if engine is not None else "",
-            "refused": self.refused or "",
+            "refused": label(self.refused) if self.refused else "",
             "last_error": self.last_error,
             "swaps": self.swaps,
             "updated_at": now_iso(),
         }
         if self.runtime.worker_name and engine is not None:
             try:
-                self.registry.client.hset(worker_key(self.runtime.worker_name),
-                                          mapping=dict[Any, Any](state))
+                # Kept as long as a result: a dead worker's report goes away by itself.
+                key = worker_key(self.runtime.worker_name)
+                pipe = self.registry.client.pipeline(transaction=False)
+                pipe.hset(key, mapping=dict[Any, Any](state))
+                pipe.expire(key, self.registry.settings.result_ttl_s)
+                pipe.execute()
             except Exception as err:  # reporting must not stop serving
                 log.warning("could not report adapter state: %s", type(err).__name__)
         return state
