@@ -160,6 +160,7 @@ def check_signature(key: str, version: str, files: dict[str, str], signature: st
     if not signature:
         raise IncompatibleAdapter(f"adapter {version} is not signed, and a signing key is "
                                   "set: refused")
-    if not hmac.compare_digest(sign(key, version, files), signature):
+    # Bytes, not str: compare_digest raises TypeError on a forged non-ASCII str.
+    if not hmac.compare_digest(sign(key, version, files).encode(), signature.encode()):
         raise IncompatibleAdapter(f"adapter {version}: signature does not match its version "
                                   "and file sha256s under the signing key: refused")

@@ -313,6 +313,9 @@ def test_signed_records_and_refusals(
     forge(redis_db, "v1", v1, files=files)
     shutil.rmtree(signed.cache_root / "v1")
     messages.append(refused(signed, "v1", "signature does not match", tmp_path))
+    # A forged signature that is not ASCII is a plain refusal, not a TypeError.
+    forge(redis_db, "v1", v1, signature="\u00e9" * 64)
+    messages.append(refused(signed, "v1", "signature does not match", tmp_path))
     assert not (signed.cache_root / "v1").exists()
     assert all(KEY not in m and record.signature not in m for m in messages)
     assert redis_db.get(ACTIVE_ADAPTER_KEY) == b"v1"
