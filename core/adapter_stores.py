@@ -35,6 +35,7 @@ from core.manifest import (
     shown,
 )
 from core.names import KEY_PREFIX
+from core.redis import client_from_url
 from core.settings import Settings
 
 BLOB_PREFIX = KEY_PREFIX + "adapters:blob:"
@@ -259,9 +260,4 @@ class RedisStore:
 
 def redis_from_settings(settings: Settings) -> redis.Redis:
     """A Redis client on the broker URL (``rediss://`` with the configured CA)."""
-    kw: dict[str, Any] = {}
-    if settings.redis_url.startswith("rediss://"):
-        kw["ssl_cert_reqs"] = "required" if settings.redis_tls_verify else "none"
-        if settings.redis_tls_ca:
-            kw["ssl_ca_certs"] = settings.redis_tls_ca
-    return redis.Redis.from_url(settings.redis_url, **kw)
+    return client_from_url(settings.redis_url, settings)

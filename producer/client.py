@@ -6,11 +6,13 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import redis
 
 from core.names import EXTRACT_QUEUE, EXTRACT_TASK, result_key
+from core.redis import client_from_url
 from producer.protocol import task_message
 
 PENDING = "PENDING"
@@ -25,13 +27,8 @@ class Submitted:
 
 
 def redis_client(url: str, tls_ca: str | None = None, verify: bool = True) -> redis.Redis:
-    """A Redis client for a ``redis://`` or ``rediss://`` URL."""
-    kw: dict[str, Any] = {}
-    if url.startswith("rediss://"):
-        kw["ssl_cert_reqs"] = "required" if verify else "none"
-        if tls_ca:
-            kw["ssl_ca_certs"] = tls_ca
-    return redis.Redis.from_url(url, **kw)
+    """A Redis client for a ``redis://``, ``rediss://`` or ``unix://`` URL (core.redis)."""
+    return client_from_url(url, SimpleNamespace(redis_tls_ca=tls_ca, redis_tls_verify=verify))
 
 
 class Client:
@@ -51,10 +48,8 @@ class Client:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Client:
-        def make(url: str) -> redis.Redis:
-            return redis_client(url, settings.redis_tls_ca, settings.redis_tls_verify)
-
-        return cls(make(settings.redis_url), make(settings.backend_url))
+        return cls(client_from_url(settings.redis_url, settings),
+                   client_from_url(settings.backend_url, settings))
 
     def submit(self, text: Any, id: str | None = None) -> Submitted:
         """Send one complaint; returns at once with its task id."""

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from core.errors import ConfigError, InvalidInput, InvalidModelOutput
 from core.names import EXTRACT_TASK, TRAIN_TASK
 from core.prompting import PROMPT_VERSION, render_prompt, render_training
-from core.queue import celery_config, make_celery
+from core.queue import celery_config, make_celery, train_reprs
+from core.redis import mask_url
 from core.schema import FIELDS, Complaint, Envelope, answer_json, complaint_json_schema
 from core.settings import Settings
 from core.validation import grounding, parse_complaint, validate_payload
+from producer.client import Client
 from tests.tiny import build_tokenizer
 
 
@@ -47,6 +50,56 @@ def test_tls_url_sets_ssl_options() -> None:
     app = make_celery(Settings(redis_url="rediss://:pw@127.0.0.1:6380/0", redis_tls_verify=False))
     assert app.conf.broker_use_ssl["ssl_cert_reqs"] == 0
     assert app.conf.redis_backend_use_ssl == app.conf.broker_use_ssl
+
+
+def test_each_connection_gets_tls_from_its_own_url() -> None:
+    plain, tls = "redis://:pw@10.0.0.1:6379/0", "rediss://:pw@10.0.0.2:6380/1"
+    conf = celery_config(Settings(redis_url=plain, result_url=tls, redis_tls_ca="/ca.pem"))
+    assert "broker_use_ssl" not in conf
+    assert conf["redis_backend_use_ssl"] == {"ssl_cert_reqs": 2, "ssl_ca_certs": "/ca.pem"}
+    conf = celery_config(Settings(redis_url=tls, result_url=plain))
+    assert conf["broker_use_ssl"]["ssl_cert_reqs"] == 2
+    assert "redis_backend_use_ssl" not in conf
+    client = Client.from_settings(Settings(redis_url=plain, result_url=tls))
+    assert client.broker.connection_pool.connection_class.__name__ == "Connection"
+    assert client.backend.connection_pool.connection_class.__name__ == "SSLConnection"
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("redis://:p%40ss@r:6380/0", "redis://:***@r:6380/0"),
+    ("rediss://:pa@ss/w:rd@r:6380/0", "rediss://:***@r:6380/0"),
+    ("redis://user:pw@r/1", "redis://user:***@r/1"),
+    ("redis://onlyname@r/1", "redis://***@r/1"),
+    ("unix:///run/redis.sock?db=2&password=sekret", "unix:///run/redis.sock?db=2&password=***"),
+    ("redis://r/0?password=a@b&db=1", "redis://r/0?password=***&db=1"),
+    ("redis://r:6379/0", "redis://r:6379/0"),
+])
+def test_mask_url_hides_every_password(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_redis_failures_print_the_url_with_its_password_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tiqu.cli import main
+
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "a", "text": "x"}\n')
+    url = "redis://:s3cr@t/pw@127.0.0.1:1/9"  # nothing listens on port 1
+    assert main(["--redis-url", url, "enqueue", str(source)]) == 1
+    err = capsys.readouterr().err
+    assert "redis://:***@127.0.0.1:1/9" in err and "ConnectionError" in err
+    assert "s3cr" not in err and "pw@" not in err
+    assert main(["--redis-url", "http://:s3cr@t@127.0.0.1/0", "status"]) == 1
+    err = capsys.readouterr().err
+    assert "redis_url must be" in err and "s3cr" not in err
+
+
+def test_train_reprs_show_row_counts_not_rows() -> None:
+    request = {"records": [{"text": "张三 断网"}] * 3, "config": {"r": 4}, "extra": "张三"}
+    args, kwargs = train_reprs([request], {"payload": request})
+    assert "'<3 rows redacted>'" in args and "'r': 4" in args
+    assert "张三" not in args + kwargs and "'<3 rows redacted>'" in kwargs
 
 
 def test_schema_and_answer_format() -> None:

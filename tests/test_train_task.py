@@ -76,7 +76,8 @@ def test_train_task_runs_on_a_real_worker_and_reports_progress(
     redis_db: redis.Redis, redis_url: str, tiny_model: Path, tmp_path: Path, workers: list
 ) -> None:
     env = worker_env(redis_url, tiny_model, OMP_NUM_THREADS="1",
-                     TIQU_ADAPTER_DIR=str(tmp_path / "adapters"))
+                     TIQU_ADAPTER_DIR=str(tmp_path / "adapters"),
+                     TIQU_TRAIN_DATA_DIR=str(tmp_path / "train-data"))
     worker = start_train_worker(env, tmp_path / "worker.log")
     workers.append(worker)
     app = make_celery(Settings(redis_url=redis_url))
@@ -96,13 +97,15 @@ def test_train_task_runs_on_a_real_worker_and_reports_progress(
     assert any(p["phase"] == "eval" for p in progress)
     assert "[tasks]" in worker.log() and TRAIN_TASK in worker.log()
     # bad requests fail the task with the error's type and message; the worker stays up
-    missing = app.send_task(TRAIN_TASK, args=[{"data": str(tmp_path / "missing.jsonl")}])
+    missing_path = tmp_path / "train-data" / "missing.jsonl"
+    missing = app.send_task(TRAIN_TASK, args=[{"data": str(missing_path)}])
     bad_row = {"text": "张三 断网", "gold": {"name": "李四"}}
     bad = app.send_task(TRAIN_TASK, args=[{"records": [rows[0], bad_row]}])
     for failed in (missing, bad):
         follow(failed, timeout_s=60)
-        assert failed.state == "FAILURE" and "DataError" in repr(failed.info)
-    assert "missing.jsonl" in str(missing.info)
+        assert failed.state == "FAILURE"
+    assert "PathRefused" in repr(missing.info) and "missing.jsonl" in str(missing.info)
+    assert "DataError" in repr(bad.info)
     assert "1 bad row(s): rows 2" in str(bad.info)
     assert "李四" not in str(bad.info) and "李四" not in worker.log()  # no gold values
     assert worker.proc.poll() is None

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Any
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,6 +52,22 @@ def _command_index(argv: list[str]) -> int | None:
     return None
 
 
+def redis_failure(settings: Any, err: BaseException) -> str:
+    """One line for a Redis failure: the URLs with passwords masked, the error's type and text.
+
+    The text is scrubbed too: a password never reaches the terminal or a log.
+    """
+    from core.redis import mask_url
+
+    urls = [] if settings is None else list(dict.fromkeys(
+        [settings.redis_url, settings.backend_url]))
+    text = f"{type(err).__name__}: {err}"
+    for url in urls:
+        text = text.replace(url, mask_url(url))
+    where = " / ".join(mask_url(u) for u in urls) or "the configured URL"
+    return f"Redis at {where} failed ({text})"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _top_parser()
@@ -66,15 +83,22 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from kombu.exceptions import OperationalError
+    from redis import RedisError
+
     from core.errors import TiquError
     from core.settings import Settings
 
+    settings = None
     try:
         overrides = {"redis_url": args.redis_url} if args.redis_url else {}
         settings = Settings(**overrides)
         return int(args.func(args, settings) or 0)
     except TiquError as err:
         print(f"tiqu: error: {err}", file=sys.stderr)
+        return 1
+    except (RedisError, OperationalError) as err:
+        print(f"tiqu: error: {redis_failure(settings, err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import TiquError
+from core.redis import mask_url
 from core.settings import DEFAULT_MODEL, Settings
 
 SAMPLE = Path(__file__).with_name("samples") / "complaints.jsonl"
@@ -37,7 +38,8 @@ def _check_redis(settings: Settings) -> None:
     try:
         redis_client(settings.redis_url, settings.redis_tls_ca).ping()
     except Exception as err:
-        raise TiquError(f"no Redis answers at {settings.redis_url} ({type(err).__name__}); "
+        raise TiquError(f"no Redis answers at {mask_url(settings.redis_url)} "
+                        f"({type(err).__name__}); "
                         "start one, e.g. `deploy/ensure-redis.sh`") from err
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import socket
 import sys
 import time
 from typing import Any
 
 from core.names import EXTRACT_QUEUE, TRAIN_QUEUE
+from core.redis import client_from_url, mask_url
 from core.settings import Settings
 
 INFO_COMMAND = "tiqu_info"
@@ -43,20 +43,12 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
 def redis_state(settings: Settings) -> dict[str, Any]:
     """PING round trip and LLEN of every tiqu queue; never raises."""
-    from producer.client import redis_client
-
     state: dict[str, Any] = {"url": mask_url(settings.redis_url), "ok": False,
                              "ping_ms": None, "error": None, "queues": {}}
     try:
-        client = redis_client(settings.redis_url, settings.redis_tls_ca,
-                              settings.redis_tls_verify)
+        client = client_from_url(settings.redis_url, settings)
         start = time.perf_counter()
         client.ping()
         state["ping_ms"] = round((time.perf_counter() - start) * 1000, 2)

@@ -20,8 +20,8 @@ from core.settings import Settings
 #: CLI option -> TrainConfig field, for options that are passed through unchanged.
 PASSTHROUGH = (
     "r", "alpha", "dropout", "lr", "epochs", "max_steps", "max_train_s", "batch_size",
-    "grad_accum", "max_len", "warmup", "eval_every", "eval_loss_rows", "save_every", "eval_limit",
-    "eval_batch_size", "decoding", "dtype", "seed", "report_to",
+    "grad_accum", "max_len", "warmup", "eval_every", "eval_loss_rows", "save_every", "save_every_s",
+    "eval_limit", "eval_batch_size", "decoding", "dtype", "seed", "report_to",
 )
 
 
@@ -56,6 +56,7 @@ def _train_parser(sub: Any) -> None:
                        ("batch-size", int),
                        ("grad-accum", int), ("max-len", int), ("warmup", float),
                        ("eval-every", int), ("eval-loss-rows", int), ("save-every", int),
+                       ("save-every-s", float),
                        ("eval-limit", int), ("eval-batch-size", int), ("seed", int)):
         p.add_argument(f"--{name}", type=kind, help=f"default {defaults[name.replace('-', '_')]}")
     p.add_argument("--layers", type=parse_layers, help="LoRA only on these layers: top4, 20-23")
@@ -129,7 +130,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.data import load_records
     from trainer.lora import train
 
-    records = load_records(args.data)
+    records = load_records(args.data)  # your own file, on your terminal: every reason shown
     manifest = train(settings, records, args.out, config, source=str(args.data))
     print(f"adapter {manifest.version} written to {args.out}")
     print(json.dumps({k: manifest.metrics.get(k) for k in
@@ -138,20 +139,35 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def load_quietly(path: str | Path) -> list[Any]:
+    """The file's records for a queued run; a bad file's error names row numbers only,
+    never texts or values, as the worker's would (``tiqu data check FILE`` shows why)."""
+    from core.errors import DataError
+    from trainer.data import load_records
+    from trainer.tasks import row_numbers_only
+
+    try:
+        return load_records(path)
+    except DataError as err:
+        raise row_numbers_only(err) from None
+
+
 def _request(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """The task payload. ``data`` and ``out`` go as absolute paths, which must lie below
+    the worker's TIQU_TRAIN_DATA_DIR and TIQU_TRAIN_RUNS_DIR."""
     from dataclasses import asdict
 
-    from trainer.data import load_records, record_to_gold
+    from trainer.data import record_to_gold
 
     request: dict[str, Any] = {"config": asdict(config)}
     if args.out is not None:
         request["out"] = str(args.out.resolve())
     path = Path(args.data)
     if args.inline:
-        request["records"] = [record_to_gold(r) for r in load_records(path)]
+        request["records"] = [record_to_gold(r) for r in load_quietly(path)]
         return request
     if path.exists():
-        load_records(path)  # bad rows are listed here; the worker only names their numbers
+        load_quietly(path)  # a bad file fails here, before it is sent
     request["data"] = str(path.resolve())
     return request
 
@@ -159,13 +175,16 @@ def _request(args: argparse.Namespace, config: Any) -> dict[str, Any]:
 def submit(args: argparse.Namespace, settings: Settings, config: Any) -> int:
     """Send ``tiqu.train`` and print its progress until it finishes or times out."""
     from core.names import TRAIN_QUEUE, TRAIN_TASK
-    from core.queue import make_celery
+    from core.queue import make_celery, train_reprs
     from trainer.tasks import parse_request
 
     request = _request(args, config)
     parse_request(request)  # the worker would refuse it too; fail here, before sending
     app = make_celery(settings)
-    result = app.send_task(TRAIN_TASK, args=[request], queue=TRAIN_QUEUE)
+    # Flower and task events show argsrepr/kwargsrepr: the rows' count, not the rows.
+    argsrepr, kwargsrepr = train_reprs([request], {})
+    result = app.send_task(TRAIN_TASK, args=[request], queue=TRAIN_QUEUE,
+                           argsrepr=argsrepr, kwargsrepr=kwargsrepr)
     print(f"submitted {TRAIN_TASK} {result.id} to queue {TRAIN_QUEUE}", file=sys.stderr)
     deadline, shown = time.monotonic() + args.timeout_s, None
     while not result.ready():

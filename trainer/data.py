@@ -185,25 +185,76 @@ def parse_row(row: Any) -> tuple[Record | None, list[str]]:
     return Record(text=text, gold=gold, tags=list(row.get("tags", []))), []
 
 
-def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
+@dataclass(frozen=True)
+class SizeLimits:
+    """Most bytes one row and the whole data set may have (``None``: no limit).
+
+    The queue task passes ``Settings.train_max_row_bytes`` and
+    ``train_max_total_bytes``; a local run reads files of any size.
+    """
+
+    row_bytes: int | None = None
+    total_bytes: int | None = None
+
+    def check_row(self, number: int, size: int) -> None:
+        """Raise :class:`DataTooLarge` when row ``number`` of ``size`` bytes is over the limit."""
+        if self.row_bytes is not None and size > self.row_bytes:
+            raise DataTooLarge(f"row {number} is larger than train_max_row_bytes "
+                               f"({size} > {self.row_bytes} bytes)")
+
+    def check_total(self, size: int, what: str = "data") -> None:
+        if self.total_bytes is not None and size > self.total_bytes:
+            raise DataTooLarge(f"{what} is larger than train_max_total_bytes "
+                               f"({size} > {self.total_bytes} bytes)")
+
+
+NO_LIMITS = SizeLimits()
+
+
+class DataTooLarge(DataError):
+    """A row or a data set over its size limit; the message names the row and the limit."""
+
+    code = "data_too_large"
+
+
+def _read_bytes(path: Path, limits: SizeLimits) -> bytes:
+    """The file's bytes; with a total limit, its size is checked first and reading stops
+    one byte past the limit (a file that grows, or lies about its size, is still bounded)."""
+    try:
+        with open(path, "rb") as fh:
+            if limits.total_bytes is None:
+                return fh.read()
+            limits.check_total(os.fstat(fh.fileno()).st_size, str(path))
+            raw = fh.read(limits.total_bytes + 1)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({type(err).__name__}: {err.strerror})") from err
+    limits.check_total(len(raw), str(path))
+    return raw
+
+
+def _read_rows(path: Path, limits: SizeLimits = NO_LIMITS) -> list[tuple[int, Any, str | None]]:
     """``(row number, value, JSON error)`` from a JSON array, one JSON object or JSONL.
 
-    JSONL rows are numbered by line; blank lines are skipped.
+    JSONL rows are numbered by line; blank lines are skipped. A row over
+    ``limits.row_bytes`` raises :class:`DataTooLarge` before it is parsed.
     """
     try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read ({err})") from err
+        raw = _read_bytes(path, limits).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: cannot read (not UTF-8 at byte {err.start})") from err
     try:
         whole = json.loads(raw)
     except json.JSONDecodeError:
         whole = None
     if isinstance(whole, (list, dict)):
         rows = whole if isinstance(whole, list) else [whole]
+        for number, row in enumerate(rows, start=1):
+            limits.check_row(number, row_bytes(row))
         return [(number, row, None) for number, row in enumerate(rows, start=1)]
     found: list[tuple[int, Any, str | None]] = []
     for number, line in enumerate(raw.splitlines(), start=1):
         if line.strip():
+            limits.check_row(number, len(line.encode("utf-8")))
             try:
                 found.append((number, json.loads(line), None))
             except json.JSONDecodeError as err:
@@ -211,14 +262,20 @@ def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
     return found
 
 
-def load_records(path: str | Path) -> list[Record]:
+def row_bytes(row: Any) -> int:
+    """Size of a row as compact UTF-8 JSON, the measure of the size limits."""
+    return len(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def load_records(path: str | Path, limits: SizeLimits = NO_LIMITS) -> list[Record]:
     """Load every row of a seed, chat or gold file (JSON array or JSONL).
 
     Raises :class:`DataError` listing every bad row (``row N: reason``) if any row
-    is bad, or when the file has no rows at all.
+    is bad, or when the file has no rows at all; :class:`DataTooLarge` when the
+    file or a row is over ``limits``.
     """
     path = Path(path)
-    rows = _read_rows(path)
+    rows = _read_rows(path, limits)
     if not rows:
         raise DataError(f"{path}: no rows")
     records, problems = [], []

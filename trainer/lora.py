@@ -51,7 +51,10 @@ class TrainConfig:
     negative numbers count from the top, so ``[-4, -3, -2, -1]`` is the top four.
     Backward then stops at the lowest adapted layer, which makes CPU steps cheaper.
     ``max_steps`` (when set) overrides ``epochs``; ``max_train_s`` stops training
-    after that many seconds of steps, whatever the step count. ``eval_limit`` caps the test rows
+    after that many seconds of steps, whatever the step count. Checkpoints are written
+    every ``save_every`` steps and, with ``save_every_s``, also once that many seconds
+    have passed since the last one, so a killed run loses at most that much work.
+    ``eval_limit`` caps the test rows
     generated for ``eval.json``; ``eval_loss_rows`` caps the validation rows of the
     periodic eval loss.
     """
@@ -76,6 +79,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_loss_rows: int = 64
     save_every: int = 50
+    save_every_s: float | None = 300.0  # also checkpoint when this long has passed since the last
     eval_limit: int | None = 200
     eval_batch_size: int = 16
     decoding: Literal["copy", "schema", "none"] = "copy"
@@ -104,6 +108,8 @@ class TrainConfig:
             ("save_every", 1, self.save_every), ("eval_batch_size", 1, self.eval_batch_size),
             ("eval_loss_rows", 0, self.eval_loss_rows),
         ) if value < low]
+        if self.save_every_s is not None and self.save_every_s <= 0:
+            out.append(f"save_every_s must be > 0 or unset, got {self.save_every_s}")
         if not 0 <= self.dropout < 1:
             out.append(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.lr < 1:
@@ -307,12 +313,32 @@ def write_outputs(settings: Settings, model: Any, tok: Any, trainer: Any, rows: 
     return scores
 
 
+def last_checkpoint_step(ckpt_dir: Path) -> int:
+    """The step of the newest complete checkpoint in ``ckpt_dir`` (0 when there is none).
+
+    A checkpoint folder without ``trainer_state.json`` (the Trainer writes it last)
+    was cut short by a kill and is removed, so resuming never loads half of one.
+    """
+    steps = []
+    for path in ckpt_dir.glob("checkpoint-*"):
+        step = path.name.rsplit("-", 1)[1]
+        if not (path / "trainer_state.json").is_file():
+            log.warning("removing incomplete checkpoint %s", path.name)
+            shutil.rmtree(path, ignore_errors=True)
+        elif step.isdigit():
+            steps.append(int(step))
+    return max(steps, default=0)
+
+
 def train(settings: Settings, records: list[Record], out_dir: Path, config: TrainConfig,
-          on_progress: Progress | None = None, source: str | None = None) -> Manifest:
+          on_progress: Progress | None = None, source: str | None = None,
+          run_id: str | None = None) -> Manifest:
     """Fine-tune LoRA on the train split, score it on the test split, write the run folder.
 
     The output folder, the data and the config are all checked before anything is
     written. ``on_progress`` receives ``{"phase", "step", "total", "loss"}``.
+    ``run_id`` (the task id of a queued run) is kept in the manifest as ``task_id``;
+    a resumed run records the step it resumed from as ``timings.resumed_from_step``.
     """
     from inference.models import model_fingerprint
     from trainer.sft import fit
@@ -326,6 +352,10 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
     sets = encode_splits(tok, splits, config)
     clock.append(time.perf_counter())
     version = _run_state(out_dir, resuming, data_hash(records), config)
+    resumed_from = last_checkpoint_step(out_dir / CHECKPOINTS) if resuming else 0
+    resuming = resumed_from > 0
+    if resuming:
+        log.info("resuming run %s from step %d", version, resumed_from)
     model, layers, targets = add_lora(model, config)
     trainer, cache = fit(model, tok, sets, config, out_dir / CHECKPOINTS, device, report,
                          resuming, layers)
@@ -336,6 +366,8 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
     scores = write_outputs(settings, model, tok, trainer, rows, config, out_dir, version)
     clock.append(time.perf_counter())
     extra: dict[str, Any] = {"config": asdict(config)}  # an extra field: hyper-parameters
+    if run_id is not None:
+        extra["task_id"] = run_id
     manifest = Manifest(
         version=version,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -349,7 +381,8 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
         metrics={"train_loss": _last(history, "loss"), "eval_loss": _last(history, "eval_loss"),
                  "eval_rows": len(rows), **scores.get("overall", {})},
         timings={**_timings(clock, steps, device, train_dtype(config, device)),
-                 "prefix_cache_s": round(cache.build_s, 2) if cache else None},
+                 "prefix_cache_s": round(cache.build_s, 2) if cache else None,
+                 "resumed_from_step": resumed_from},
         files=hash_folder(out_dir / ADAPTER_DIRNAME),
         **extra,
     )

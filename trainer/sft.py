@@ -212,6 +212,27 @@ def time_limit_callback(limit_s: float, started: float | None = None) -> Any:
     return _Stop()
 
 
+def save_timer_callback(every_s: float) -> Any:
+    """A Trainer callback that asks for a checkpoint once ``every_s`` seconds have passed
+    since the last one (or the first step), whatever ``save_every`` says."""
+    from transformers import TrainerCallback
+
+    class _Save(TrainerCallback):  # type: ignore[misc]
+        last_s = 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.last_s = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if time.monotonic() - self.last_s >= every_s:
+                control.should_save = True
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.last_s = time.monotonic()
+
+    return _Save()
+
+
 def training_args(config: TrainConfig, ckpt_dir: Path, device: str, has_eval: bool) -> Any:
     """TrainingArguments for ``config``, with resumable checkpoints in ``ckpt_dir``."""
     from transformers import TrainingArguments
@@ -289,7 +310,8 @@ def make_trainer(model: Any, tok: Any, sets: tuple[Encoded, Encoded], config: Tr
         train_dataset=ExampleDataset(train_set.examples, cache),
         eval_dataset=ExampleDataset(val_set.examples) if val_set.examples else None,
         callbacks=[progress_callback(report)]
-        + ([time_limit_callback(config.max_train_s, started)] if config.max_train_s else []),
+        + ([time_limit_callback(config.max_train_s, started)] if config.max_train_s else [])
+        + ([save_timer_callback(config.save_every_s)] if config.save_every_s else []),
     )
 
 

@@ -4,35 +4,90 @@ The task is thin: :class:`TrainRequest` checks the payload, :func:`trainer.lora.
 does the work. Progress is stored as Celery state ``PROGRESS`` with meta
 ``{"phase", "step", "total", "loss"}``, so any client can follow a run with
 ``AsyncResult(task_id).info``.
+
+What a queue message may ask for is bounded: ``data`` must be a regular file
+below ``Settings.train_data_root`` and ``out`` a folder below
+``Settings.train_runs_root`` (both resolved, symlinks followed), and rows and
+data sets have size limits. Inline records are personal data: neither the log
+nor an error names more than row numbers and field names.
+
+A run survives the death of its worker: the message is acknowledged when the
+run ends, so a killed worker's message is delivered again (after the broker's
+visibility timeout, or sooner by a dead-worker sweep), and the new delivery
+resumes from the last checkpoint in the same run folder. A lease in Redis,
+refreshed while the run trains, keeps a second delivery of a run that is still
+alive from training the same folder twice: it retries later, and finds the
+finished run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import stat
+import threading
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.errors import ConfigError, DataError, TiquError
-from core.names import TRAIN_TASK
+from core.manifest import MANIFEST_NAME, Manifest
+from core.names import KEY_PREFIX, TRAIN_TASK
 from core.settings import Settings
-from trainer.data import Record, load_records, parse_row
-from trainer.lora import TrainConfig
+from trainer.data import DataTooLarge, Record, SizeLimits, load_records, parse_row, row_bytes
+from trainer.lora import CHECKPOINTS, TrainConfig
 
 log = logging.getLogger("tiqu.train")
 
 #: Inline data travels inside the broker message; larger sets go by path.
 MAX_INLINE_ROWS = 5000
+#: Redis key prefix of the lease a live run holds on its run folder.
+LEASE_PREFIX = KEY_PREFIX + "train:lease:"
+
+
+class PathRefused(ConfigError):
+    """A ``data`` or ``out`` path that resolves outside its configured root, or is no
+    regular file; the message names the field and the root."""
+
+    code = "path_refused"
+
+
+def confine(value: str, root: Path, field: str, env: str, regular_file: bool) -> Path:
+    """``value`` resolved (symlinks followed) when it lies strictly below ``root``.
+
+    Relative values are taken from ``root``. Raises :class:`PathRefused`
+    otherwise, or when ``regular_file`` and it is not an existing regular file.
+    """
+    base = root.resolve()
+    path = (base / value).resolve()
+    if path == base or not path.is_relative_to(base):
+        raise PathRefused(f"{field}: {value!r} is outside {base} ({env}); "
+                          f"the train task reads and writes only below it")
+    if regular_file:
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:
+            raise PathRefused(f"{field}: {value!r} does not exist below {base} ({env})") from err
+        if not stat.S_ISREG(mode):
+            raise PathRefused(f"{field}: {value!r} is not a regular file (below {base}, {env})")
+    return path
+
+
+def size_limits(settings: Settings) -> SizeLimits:
+    """The train task's row and total limits."""
+    return SizeLimits(settings.train_max_row_bytes, settings.train_max_total_bytes)
 
 
 class TrainRequest(BaseModel):
     """One training job: data by ``data`` (a path the worker can read) or inline ``records``.
 
     ``records`` rows may be in any format :func:`trainer.data.parse_row` reads.
-    ``out`` defaults to ``<adapters_dir>/runs/<task id>`` on the worker.
+    ``out`` defaults to ``<train_runs_root>/<task id>`` on the worker.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -48,12 +103,22 @@ class TrainRequest(BaseModel):
             raise ValueError("give exactly one of 'data' (a path) or 'records' (inline rows)")
         return self
 
-    def load(self) -> list[Record]:
-        """The request's records; raises :class:`DataError` listing every bad row."""
+    def load(self, limits: SizeLimits | None = None, data: Path | None = None) -> list[Record]:
+        """The request's records; raises :class:`DataError` listing every bad row.
+
+        ``data`` replaces the request's path (the task passes the confined one);
+        rows and the whole set over ``limits`` raise :class:`DataTooLarge`.
+        """
+        limits = limits or SizeLimits()
         if self.data is not None:
-            return load_records(self.data)
+            return load_records(data or self.data, limits)
+        rows = self.records or []
+        sizes = [row_bytes(row) for row in rows]
+        for number, size in enumerate(sizes, start=1):
+            limits.check_row(number, size)
+        limits.check_total(sum(sizes), "inline records")
         records, problems = [], []
-        for number, row in enumerate(self.records or [], start=1):
+        for number, row in enumerate(rows, start=1):
             record, found = parse_row(row)
             problems += [f"row {number}: {p}" for p in found]
             if record is not None:
@@ -107,35 +172,125 @@ def row_numbers_only(err: DataError) -> DataError:
     return DataError(f"{len(rows)} bad row(s): rows {listed}; `tiqu data check` shows why")
 
 
+def run_folder(request: TrainRequest, settings: Settings, task_id: str) -> Path:
+    """The run folder: ``out`` confined below the runs root, or ``<runs root>/<task id>``."""
+    root = settings.train_runs_root
+    root.mkdir(parents=True, exist_ok=True)
+    return confine(request.out or task_id, root, "out", "TIQU_TRAIN_RUNS_DIR", False)
+
+
+def finished_run(out: Path, task_id: str) -> dict[str, Any] | None:
+    """The result of this task's run when it already finished in ``out`` (a redelivery
+    after the run ended but before its acknowledgement), else None."""
+    if not (out / MANIFEST_NAME).is_file():
+        return None
+    manifest = Manifest.load(out)
+    if getattr(manifest, "task_id", None) != task_id:
+        return None
+    return {**manifest.model_dump(mode="json"), "run_dir": str(out)}
+
+
 def run_request(request: TrainRequest, settings: Settings, task_id: str,
-                report: Any = None) -> dict[str, Any]:
-    """Train as ``request`` says; the manifest as a dict, plus ``run_dir``."""
+                report: Any = None, out: Path | None = None) -> dict[str, Any]:
+    """Train as ``request`` says; the manifest as a dict, plus ``run_dir``.
+
+    Paths are confined and sizes limited (see the module). A run folder with a
+    checkpoint is resumed; one this task already finished is returned as it is.
+    """
     from trainer.lora import train
 
+    out = out or run_folder(request, settings, task_id)
+    data = None if request.data is None else confine(
+        request.data, settings.train_data_root, "data", "TIQU_TRAIN_DATA_DIR", True)
+    done = finished_run(out, task_id)
+    if done is not None:
+        log.info("train task %s: run already finished in %s", task_id, out)
+        return done
     try:
-        records = request.load()
+        records = request.load(size_limits(settings), data)
+    except DataTooLarge:
+        raise
     except DataError as err:
         raise row_numbers_only(err) from None
-    out = Path(request.out) if request.out else settings.adapters_dir / "runs" / task_id
-    log.info("train task %s: %d rows, output %s", task_id, len(records), out)
-    manifest = train(settings, records, out, request.config,
-                     on_progress=report, source=request.data)
+    resume = any((out / CHECKPOINTS).glob("checkpoint-*"))
+    config = replace(request.config, resume=True) if resume else request.config
+    log.info("train task %s: %d rows, output %s%s", task_id, len(records), out,
+             " (resuming)" if resume else "")
+    manifest = train(settings, records, out, config, on_progress=report,
+                     source=None if data is None else str(data), run_id=task_id)
     return {**manifest.model_dump(mode="json"), "run_dir": str(out)}
+
+
+class RunLease:
+    """A Redis lease on a run folder, held by one execution and refreshed every
+    ``ttl_s / 3`` seconds by a thread; it lapses ``ttl_s`` after its holder dies."""
+
+    _REFRESH = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
+    _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                "return redis.call('del', KEYS[1]) else return 0 end")
+
+    def __init__(self, client: Any, out: Path, ttl_s: float) -> None:
+        self.client, self.ttl_ms = client, int(ttl_s * 1000)
+        self.key = LEASE_PREFIX + hashlib.sha256(str(out).encode()).hexdigest()[:32]
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Take the lease and start refreshing it; False when another execution holds it."""
+        if not self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return False
+        self._thread = threading.Thread(target=self._refresh, name="train-lease", daemon=True)
+        self._thread.start()
+        return True
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl_ms)
+            except Exception as err:  # Redis away for a moment: the next refresh retries
+                log.warning("train lease refresh failed: %s", type(err).__name__)
+
+    def release(self) -> None:
+        """Stop refreshing and drop the lease if still ours; a failure here only logs,
+        since the lease lapses by itself within ``ttl_s``."""
+        self._stop.set()
+        if self._thread is None:
+            return
+        self._thread.join()
+        try:
+            self.client.eval(self._RELEASE, 1, self.key, self.token)
+        except Exception as err:
+            log.warning("train lease release failed: %s", type(err).__name__)
 
 
 def register(app: Any, settings: Settings) -> Any:
     """Register ``tiqu.train`` on ``app``.
 
-    The message is acknowledged when the task starts, not when it ends: a
-    training run can outlast the broker's visibility timeout, and a late ack
-    would then hand the same run to a second worker while the first still
-    trains. A lost run is resubmitted with ``resume`` to continue from its
-    checkpoints.
+    The message is acknowledged when the run ends (late ack), so a run whose
+    worker is killed is delivered again and resumes from its checkpoints. A
+    delivery that finds the run folder leased by a live run retries after one
+    lease period; the live run's own acknowledgement, or the finished folder,
+    then settles it.
     """
+    from core.redis import client_from_url
 
-    @app.task(name=TRAIN_TASK, bind=True, acks_late=False, throws=(TiquError,))
+    client = client_from_url(settings.redis_url, settings)
+
+    @app.task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+              throws=(TiquError,), max_retries=None)
     def train_task(self: Any, payload: Any) -> dict[str, Any]:
         request = parse_request(payload)
-        return run_request(request, settings, self.request.id or "local", StateReporter(self))
+        task_id = self.request.id or "local"
+        out = run_folder(request, settings, task_id)
+        lease = RunLease(client, out, settings.dead_worker_s)
+        if not lease.acquire():
+            log.info("train task %s: %s is leased by a live run; retrying later", task_id, out)
+            raise self.retry(countdown=settings.dead_worker_s)
+        try:
+            return run_request(request, settings, task_id, StateReporter(self), out)
+        finally:
+            lease.release()
 
     return train_task
