@@ -41,9 +41,27 @@ class Stats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: Words of an error that leaves the device unusable (a broken CUDA context, a
+#: device-side assert): splitting the batch cannot help, so it goes to the breaker.
+_DEVICE_FAULTS = ("cuda error", "cudaerror", "device-side assert", "cublas_status",
+                  "cudnn_status", "illegal memory access", "an illegal instruction")
+
+
 def _is_oom(err: BaseException) -> bool:
+    """Whether ``err`` is a real out-of-memory error, which a smaller batch may avoid.
+
+    ``torch.cuda.OutOfMemoryError``, "CUDA out of memory" and the CPU
+    allocator's "can't allocate memory" are. Other CUDA errors ("CUDA error:
+    ...", cudaError..., device-side asserts, cuBLAS failures) are not, even
+    when the driver adds "out of memory" to their text: the context they leave
+    behind fails every later call as well.
+    """
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
     text = str(err).lower()
-    return "out of memory" in text or "cuda error" in text or "cublas" in text
+    if any(word in text for word in _DEVICE_FAULTS) and "cuda out of memory" not in text:
+        return False
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 class Engine:
@@ -82,10 +100,14 @@ class Engine:
 
         With ``settings.merge_adapter`` the active adapter is folded into the
         base weights (see :meth:`_merge`); it is unfolded first, so a failed
-        load leaves the old adapter serving, folded again.
+        load leaves the old adapter serving, folded again. Only a folder with
+        safetensors weights is loaded (``core.manifest.check_adapter_folder``).
         """
         from peft import PeftModel
 
+        from core.manifest import check_adapter_folder
+
+        check_adapter_folder(path)  # before anything changes: a refusal keeps the old one
         self._unmerge()
         try:
             if isinstance(self.model, PeftModel):
@@ -184,8 +206,8 @@ class Engine:
         try:
             return self._generate(texts, mode)
         except (RuntimeError, MemoryError) as err:
-            if not _is_oom(err) and not isinstance(err, MemoryError):
-                raise
+            if not _is_oom(err):
+                raise  # not the batch's size: the worker's breaker decides
             self._free_cache()
             if len(texts) == 1:
                 oom = TiquError(f"out of memory on one text: {type(err).__name__}")

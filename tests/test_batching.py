@@ -9,6 +9,7 @@ alone), and that one bad item in a batch does not cost the others.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -133,3 +134,97 @@ def test_grouped_key_value_attention_on_cpu_changes_no_logit(
     assert seen == [True] * n + [False] * n
     keep = enc["attention_mask"].bool()
     assert torch.allclose(got[keep], want[keep], atol=1e-5)
+
+
+class _Pipe:
+    def __init__(self, qos: Any) -> None:
+        self.qos = qos
+
+    def zrem(self, *_: Any) -> _Pipe:
+        return self
+
+    def hdel(self, _key: str, tag: str) -> _Pipe:
+        self.qos.removing.append(tag)
+        return self
+
+    def execute(self) -> None:
+        if self.qos.refuse:
+            self.qos.removing.clear()
+            raise redis.exceptions.OutOfMemoryError("command not allowed")
+        self.qos.removed.extend(self.qos.removing)
+        self.qos.removing.clear()
+
+
+def _held(n: int, refuse: bool) -> tuple[Any, list[Any]]:
+    """A kombu virtual QoS holding ``n`` delivered messages, with a Redis-like index."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from kombu.transport import virtual
+
+    class QoS(virtual.QoS):
+        def __init__(self) -> None:
+            super().__init__(SimpleNamespace(do_restore=False), prefetch_count=n)
+            self.removing: list[str] = []
+            self.removed: list[str] = []
+            self.refuse = refuse
+
+        @contextmanager
+        def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Any:
+            yield _Pipe(self)
+
+        def _remove_from_indices(self, tag: str, pipe: Any = None) -> Any:
+            return pipe.zrem("unacked_index", tag).hdel("unacked", tag)
+
+    qos = QoS()
+    requests = []
+    for i in range(n):
+        message = SimpleNamespace(delivery_tag=f"t{i}", channel=SimpleNamespace(qos=qos),
+                                  _state="RECEIVED")
+        qos.append(message, message.delivery_tag)
+        requests.append(SimpleNamespace(message=message, acknowledged=False))
+    return qos, requests
+
+
+def test_a_refused_ack_pipeline_frees_every_prefetch_slot_and_is_retried() -> None:
+    from workers.batching import Owed, acknowledge_all
+
+    qos, requests = _held(4, refuse=True)
+    assert not qos.can_consume()  # the prefetch limit is reached
+    owed = Owed()
+    owed.acks.extend(acknowledge_all(requests))
+    assert qos.can_consume() and qos.can_consume_max_estimate() == 4  # every slot free
+    assert all(r.acknowledged for r in requests) and qos.removed == []
+    assert [tag for _, tag in owed.acks] == ["t0", "t1", "t2", "t3"]
+    owed.settle()  # Redis still refuses: kept
+    assert len(owed.acks) == 4 and qos.removed == []
+    qos.refuse = False
+    owed.settle()
+    assert owed.acks == [] and qos.removed == ["t0", "t1", "t2", "t3"]
+
+
+def test_a_refused_put_back_frees_the_slot_and_puts_the_message_back_later() -> None:
+    from workers.batching import Owed
+
+    qos, requests = _held(3, refuse=False)
+    restored: list[str] = []
+
+    def reject(message: Any, requeue: bool) -> None:
+        assert requeue
+        if qos.refuse:
+            raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+        restored.append(message.delivery_tag)
+        message._state = "REJECTED"
+        qos.ack(message.delivery_tag)
+
+    for r in requests:
+        r.message.acknowledged = False
+        r.message.reject = lambda requeue, m=r.message: reject(m, requeue)
+    qos.refuse = True
+    owed = Owed()
+    owed.put_back([r.message for r in requests])
+    assert qos.can_consume_max_estimate() == 3 and restored == []  # slots free, nothing lost
+    assert len(owed.messages) == 3
+    qos.refuse = False
+    owed.settle()
+    assert restored == ["t0", "t1", "t2"] and owed.messages == []

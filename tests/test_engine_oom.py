@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from core.errors import InvalidModelOutput, TiquError
+from core.errors import InvalidModelOutput
 from core.schema import Envelope
 from core.settings import Settings
 from inference.decoding import Unconstrained
-from inference.engine import Engine, Outcome
+from inference.engine import Engine, Outcome, _is_oom
+from workers.breaker import EngineFailed
 from workers.runtime import Runtime
 
 TEXTS = [  # distinct lengths and no text inside another, so a prompt names its text
@@ -150,11 +151,47 @@ def test_other_runtime_errors_are_not_mistaken_for_oom(
     monkeypatch.setattr(engine.model, "generate", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         engine._run_split(TEXTS[:4], "none")
+    # Not the input's fault: no envelopes; the worker's breaker puts the batch back.
     runtime = Runtime(engine.settings)
     runtime._engine = engine
-    envs = runtime.handle([("t", {"text": TEXTS[0]}), ("u", {"text": ""})])
-    assert envs[0]["error"]["code"] == TiquError.code
-    assert envs[1]["error"]["code"] == "empty_text"
+    with pytest.raises(EngineFailed):
+        runtime.handle([("t", {"text": TEXTS[0]}), ("u", {"text": ""})])
+    assert runtime.breaker.failures == 1
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
+    "CUDA error: device-side assert triggered",
+    "CUDA error: an illegal memory access was encountered",
+    "cudaErrorLaunchFailure: unspecified launch failure",
+    "CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx( handle, opa, ...)`",
+])
+def test_a_cuda_error_is_not_split_as_out_of_memory(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, message: str
+) -> None:
+    calls: list[int] = []
+
+    def broken(**kwargs: Any) -> Any:
+        calls.append(kwargs["input_ids"].shape[0])
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(engine.model, "generate", broken)
+    splits = engine.stats.splits
+    with pytest.raises(RuntimeError):
+        engine._run_split(TEXTS[:4], "none")
+    assert calls == [4] and engine.stats.splits == splits  # one try, no split
+    assert not _is_oom(RuntimeError(message))
+
+
+def test_real_out_of_memory_errors_are_recognised() -> None:
+    import torch
+
+    assert _is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert _is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory."))
+    assert _is_oom(MemoryError())
+    assert _is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:83] DefaultCPUAllocator: "
+                                "can't allocate memory: you tried to allocate 8 bytes. "
+                                "Error code 12 (Cannot allocate memory)"))
 
 
 def _fixed_output(engine: Engine, monkeypatch: pytest.MonkeyPatch, text: str) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -174,3 +175,35 @@ def test_readiness_rules_for_extract_and_train_workers() -> None:
     assert mask_url("rediss://:p%40ss@r:6380/0") == "rediss://:***@r:6380/0"
     assert mask_url("redis://user:pw@r/1") == "redis://user:***@r/1"
     assert mask_url("redis://r:6379/0") == "redis://r:6379/0"
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_health_turns_red_and_the_breaker_gauge_rises_when_the_breaker_opens() -> None:
+    from workers.breaker import Breaker
+    from workers.metrics import health_app, start_server
+
+    m = WorkerMetrics()
+    runtime = SimpleNamespace(_engine=None, breaker=Breaker(limit=1), after_batch=[])
+    m.watch(runtime)
+    port = free_port()
+    server = start_server(port, "127.0.0.1", health_app(runtime, m.registry))
+    try:
+        assert _get(port, "/livez")[0] == 200
+        assert _get(port, "/readyz")[0] == 503  # no model loaded yet
+        runtime._engine = SimpleNamespace(stats=Stats())
+        assert _get(port, "/readyz")[0] == 200
+        assert total(scrape(port), "tiqu_breaker_open") == 0
+        runtime.breaker.failure()
+        assert [_get(port, p)[0] for p in ("/livez", "/readyz")] == [503, 503]
+        assert "breaker open" in _get(port, "/livez")[1]
+        assert total(scrape(port), "tiqu_breaker_open") == 1  # /metrics still answers
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,25 +3,44 @@
 celery-batches buffers ``tiqu.extract`` messages and flushes them after
 ``flush_every`` messages or ``flush_interval`` seconds, whichever comes first.
 ``ExtractBatches.flush`` runs the batch inline (the worker uses the solo pool:
-one process owns the GPU), stores every result in one Redis pipeline, and only
-then acknowledges the messages. A message whose result already exists (a
-redelivery after a worker died) is acknowledged without being run again, and
-results are written with ``SET NX`` so a duplicate never overwrites the first
-answer.
+one process owns the GPU), stores every result (:func:`workers.results.store_once`:
+``SET NX``, announced once) and only then acknowledges the messages. A
+message whose result already exists (a redelivery after a worker died) is
+acknowledged without being run again.
+
+A message is acknowledged only with a stored answer. Everything else goes
+back on the queue unanswered:
+
+- a batch the engine failed as a whole, canary included (workers.breaker,
+  Runtime._after_failure): put back at once; the breaker opening stops the
+  worker (:meth:`ExtractBatches.trip`);
+- a batch whose results Redis kept refusing (``StoreFailed``, after
+  ``store_retry_s``): put back if Redis takes writes again, else left in
+  ``unacked`` and put back by a timer as soon as Redis does;
+- any other error inside a flush.
+
+In every case the message's prefetch slot is freed in memory at once, so a
+Redis fault never shrinks what the worker may take once it is over.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
-from celery_batches import Batches
+from celery.worker import state as worker_state
+from celery_batches import Batches, consume_queue
 
 from core.names import result_key
+from workers import faults
+from workers.breaker import EXIT_CODE, EngineFailed
+from workers.results import StoreFailed, store_once
 
 log = logging.getLogger("tiqu.worker")
+
+#: Seconds between two tries to put back messages (or finish acks) Redis refused.
+SETTLE_EVERY_S = 2.0
 
 
 def payload_of(request: Any) -> Any:
@@ -40,9 +59,48 @@ class ExtractBatches(Batches):
     abstract = True
     runtime: Any = None  # workers.runtime.Runtime, set by the app
     result_ttl_s: int = 86400
+    store_retry_s: float = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._consumer: Any = None
+        self._settle_tref: Any = None
+        #: Held messages Redis refused to put back, and acks it did not record.
+        self.owed = Owed()
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Callable[..., None]:  # noqa: N802
+        """celery-batches' buffering handler, which puts messages back once the breaker
+        is open; (re)arms the timer that settles what Redis refused."""
+        self._consumer = consumer
+        if self._settle_tref is not None:
+            self._settle_tref.cancel()
+        self._settle_tref = consumer.timer.call_repeatedly(SETTLE_EVERY_S, self.owed.settle)
+        buffer = super().Strategy(task, app, consumer)
+
+        def on_message(message: Any, *args: Any, **kwargs: Any) -> None:
+            if self.runtime.breaker.opened:
+                self.owed.put_back([message])
+                return
+            buffer(message, *args, **kwargs)
+
+        return on_message
 
     def flush(self, requests: Any) -> None:
         requests = list(requests)
+        self.owed.settle()
+        try:
+            if self.runtime.breaker.opened:
+                self._put_back(requests)
+            else:
+                self._run(requests)
+        except Exception as err:  # an answer not stored is never acknowledged
+            log.error("batch of %d not finished: %s; putting it back unanswered",
+                      len(requests), type(err).__name__, exc_info=True)
+            self._put_back(requests)
+        if self.runtime.breaker.opened:
+            self.trip()
+
+    def _run(self, requests: list[Any]) -> None:
         client = self.app.backend.client
         done = client.mget([result_key(r.id) for r in requests])
         todo = [r for r, d in zip(requests, done, strict=True) if d is None]
@@ -52,36 +110,158 @@ class ExtractBatches(Batches):
         if todo:
             if self.runtime.worker_name == "":
                 self.runtime.worker_name = todo[0].hostname or ""
-            envelopes = self.runtime.handle([(r.id, payload_of(r)) for r in todo])
-            self._store(todo, envelopes)
+            try:
+                envelopes = self.runtime.handle([(r.id, payload_of(r)) for r in todo])
+            except Exception as err:  # the batch failed as a whole: not answered
+                if not isinstance(err, EngineFailed):  # a bug around the engine counts too
+                    log.error("batch of %d failed: %s", len(todo), type(err).__name__,
+                              exc_info=True)
+                    self.runtime.breaker.failure()
+                todo = self._engine_failed(todo)
+                self._acknowledge([r for r in requests if r not in todo])
+                return
+            try:
+                self._store(todo, envelopes)
+            except StoreFailed as err:
+                log.error("%s; putting %d task(s) back unanswered", err, len(todo))
+                self._put_back(todo)
+                self._acknowledge([r for r in requests if r not in todo])
+                return
             for r, env in zip(todo, envelopes, strict=True):
                 r.send_event("task-succeeded", result=f"status={env['status']}", runtime=(
                     (env.get("latency_ms") or 0) / 1000))
-        acknowledge_all(requests)
+        self._acknowledge(requests)
+
+    def _engine_failed(self, todo: list[Any]) -> list[Any]:
+        """Put a batch the engine failed as a whole back, unanswered; returns it."""
+        self._put_back(todo)
+        return todo
 
     def _store(self, requests: list[Any], envelopes: list[dict[str, Any]]) -> None:
-        now = datetime.now(UTC).isoformat()
-        pipe = self.app.backend.client.pipeline(transaction=False)
-        for r, env in zip(requests, envelopes, strict=True):
-            meta = {"status": "SUCCESS", "result": env, "traceback": None, "children": [],
-                    "date_done": now, "task_id": r.id}
-            value = json.dumps(meta, ensure_ascii=False)
-            key = result_key(r.id)
-            pipe.set(key, value, ex=self.result_ttl_s, nx=True)
-            pipe.publish(key, value)
-        pipe.execute()
+        store_once(self.app.backend.client,
+                   [(r.id, env) for r, env in zip(requests, envelopes, strict=True)],
+                   self.result_ttl_s, retry_s=self.store_retry_s)
+        faults.point("after_store")
+
+    def _acknowledge(self, requests: list[Any]) -> None:
+        self.owed.acks.extend(acknowledge_all(requests))
+
+    def _put_back(self, requests: list[Any]) -> None:
+        todo = [r for r in requests if not r.acknowledged]
+        for r in todo:
+            r.acknowledged = True  # from now on Owed handles its message
+        self.owed.put_back([r.message for r in todo])
+
+    def trip(self) -> None:
+        """The breaker is open: stop consuming, put back all held, exit with EXIT_CODE.
+
+        The exit is Celery's warm shutdown (``state.should_stop``), which also
+        puts back whatever kombu still holds; the supervisor restarts the worker.
+        """
+        if worker_state.should_stop not in (None, False):
+            return
+        consumer = self._consumer
+        if consumer is not None and consumer.task_consumer is not None:
+            try:
+                consumer.task_consumer.cancel()
+            except Exception as err:  # the shutdown below stops it as well
+                log.warning("could not cancel the task consumer: %s", type(err).__name__)
+        held = list(consume_queue(self._buffer)) + list(consume_queue(self._pending))
+        self._put_back(held)
+        log.critical("circuit breaker open: stopped consuming, put %d held message(s) back; "
+                     "exiting with status %d", len(held), EXIT_CODE)
+        worker_state.should_stop = EXIT_CODE
 
 
-def acknowledge_all(requests: list[Any]) -> None:
+class Owed:
+    """What Redis refused: messages to put back and acks to record, retried later.
+
+    Each message's prefetch slot is freed when it enters here, so the worker
+    keeps taking work; the message itself stays in ``unacked`` until
+    :meth:`settle` succeeds (or the visibility timeout returns it).
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.acks: list[Any] = []
+
+    def put_back(self, messages: list[Any]) -> None:
+        """Put ``messages`` back on their queue now, or keep them for :meth:`settle`."""
+        refused: BaseException | None = None
+        for message in messages:
+            err = requeue(message)
+            if err is not None:
+                refused = err
+                self.messages.append(message)
+        if refused is not None:
+            log.warning("putting messages back refused (%s): %d stay in unacked until Redis "
+                        "takes writes again", type(refused).__name__, len(self.messages))
+
+    def settle(self) -> None:
+        """Retry what Redis refused before; never raises."""
+        try:
+            if self.messages:
+                messages, self.messages = self.messages, []
+                self.put_back(messages)
+            if self.acks:
+                acks, self.acks = self.acks, []
+                self.acks = _remove(acks)
+        except Exception as err:  # the next tick tries again
+            log.warning("settling refused writes failed: %s", type(err).__name__)
+
+
+def requeue(message: Any) -> BaseException | None:
+    """Put one held message back at the end of its queue; its prefetch slot is freed.
+
+    Returns Redis's refusal, if any: the message then stays in ``unacked``.
+    """
+    if message.acknowledged:  # acked, rejected or put back already
+        return None
+    try:
+        message.reject(requeue=True)  # Redis: restore_by_tag (one transaction), then free
+        return None
+    except Exception as err:
+        _free_slot(message)
+        return err
+
+
+def _free_slot(message: Any) -> None:
+    """Free a message's prefetch slot in memory only; it stays in ``unacked`` in Redis."""
+    from kombu.transport import virtual
+
+    qos = getattr(getattr(message, "channel", None), "qos", None)
+    if isinstance(qos, virtual.QoS):
+        virtual.QoS.ack(qos, message.delivery_tag)
+
+
+def _remove(acks: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Remove ``(qos, delivery_tag)`` from the unacked index; returns those Redis refused."""
+    if not acks:
+        return []
+    qos = acks[0][0]
+    try:
+        with qos.pipe_or_acquire() as pipe:
+            for q, tag in acks:
+                q._remove_from_indices(tag, pipe)
+            faults.point("in_ack")
+            pipe.execute()
+        return []
+    except Exception as err:  # as kombu's ack_log_error: log, try again later
+        log.warning("recording %d ack(s) failed: %s; retrying", len(acks), type(err).__name__)
+        return acks
+
+
+def acknowledge_all(requests: list[Any]) -> list[tuple[Any, Any]]:
     """Acknowledge a stored batch; on Redis, in one round trip for all of it.
 
     kombu's Redis transport removes each acknowledged message from its unacked
     index with a MULTI/EXEC of its own, and Celery defers each ack to the next
     loop turn: one round trip per task, a third of a worker's Redis traffic on
-    a fast engine. Here every message is acknowledged through kombu as usual,
-    but the removals share one pipeline. Should it fail, the messages stay in
-    the unacked index and come back after the visibility timeout, when their
-    stored results make the worker acknowledge them without running them again.
+    a fast engine. Here each message's prefetch slot is freed in memory and the
+    removals share one pipeline. Returns ``(qos, delivery_tag)`` of the
+    removals Redis refused, for the caller to retry (:class:`Owed`); until
+    then those messages stay in ``unacked``, and should they come back their
+    stored results make the worker acknowledge them without running them.
     Other transports get the usual per-message acks.
     """
     todo = [r for r in requests if not r.acknowledged]
@@ -90,23 +270,14 @@ def acknowledge_all(requests: list[Any]) -> None:
     if qos is None or not hasattr(qos, "_remove_from_indices"):
         for r in todo:
             r.acknowledge()
-        return
+        return []
     from kombu.transport import virtual
 
-    with qos.pipe_or_acquire() as pipe:
-        def ack(delivery_tag: Any) -> None:
-            qos._remove_from_indices(delivery_tag, pipe)
-            virtual.QoS.ack(qos, delivery_tag)  # frees the prefetch slot
-
-        qos.ack = ack
-        try:
-            for r in todo:
-                r.message.ack()
-                r.acknowledged = True
-        finally:
-            del qos.ack  # back to the class's method
-        try:
-            pipe.execute()
-        except Exception as err:  # as kombu's ack_log_error: log, the message returns later
-            log.warning("acknowledging %d tasks failed: %s; they will be redelivered",
-                        len(todo), type(err).__name__)
+    acks = []
+    for r in todo:
+        tag = r.message.delivery_tag
+        virtual.QoS.ack(qos, tag)  # frees the prefetch slot
+        r.message._state = "ACK"  # as Message.ack does after basic_ack
+        r.acknowledged = True
+        acks.append((qos, tag))
+    return _remove(acks)

@@ -35,6 +35,7 @@ log = logging.getLogger("tiqu.worker")
     flush_interval=settings.flush_interval_s,
     runtime=runtime,
     result_ttl_s=settings.result_ttl_s,
+    store_retry_s=settings.store_retry_s,
 )
 def extract(self: Any, requests: Any) -> None:  # pragma: no cover - flush runs the batch
     """Batches of ``{"text", "id"}`` payloads; see ExtractBatches.flush."""

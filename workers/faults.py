@@ -3,8 +3,10 @@
 ``TIQU_FAULT_POINT=<step>`` makes the worker SIGKILL itself the first time it
 reaches ``point(<step>)``, so a test can prove that a death at exactly that
 step loses nothing and answers nothing twice. ``TIQU_FAULT_POINT=engine``
-makes every generation fail instead (a sticky engine fault). Unset, each
-point is one comparison. The steps:
+makes every generation fail instead (a sticky engine fault), and
+``TIQU_FAULT_POINT=poison`` every generation of a batch holding a text with
+the word ``POISON`` (a text that breaks the engine). Unset, each point is one
+comparison. The steps:
 
 - ``after_fetch``: messages moved onto the in-flight list, not yet recorded;
 - ``after_record``: recorded as unacknowledged, not yet delivered;
@@ -26,6 +28,7 @@ log = logging.getLogger("tiqu.faults")
 STEPS = frozenset({"after_fetch", "after_record", "mid_batch", "after_store", "in_ack",
                    "in_restore", "in_swap"})
 ENGINE = "engine"
+POISON = "poison"
 
 _target: str | None = None
 
@@ -33,8 +36,9 @@ _target: str | None = None
 def arm(point: str | None) -> None:
     """Set the step to die at (from ``Settings.fault_point``); ``None`` disarms."""
     global _target
-    if point is not None and point not in STEPS and point != ENGINE:
-        raise ValueError(f"unknown fault point {point!r}; one of {sorted(STEPS | {ENGINE})}")
+    if point is not None and point not in STEPS | {ENGINE, POISON}:
+        raise ValueError(f"unknown fault point {point!r}; "
+                         f"one of {sorted(STEPS | {ENGINE, POISON})}")
     _target = point
     if point is not None:
         log.warning("fault point armed: %s (testing only)", point)
@@ -47,6 +51,6 @@ def point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def engine_fails() -> bool:
-    """Whether the armed fault is a sticky engine failure."""
-    return _target == ENGINE
+def engine_fails(texts: list[str]) -> bool:
+    """Whether the armed fault makes the engine fail on ``texts``."""
+    return _target == ENGINE or (_target == POISON and any("POISON" in t for t in texts))

@@ -11,14 +11,23 @@ seconds); engine counters (generated tokens, load time, adapter) are read from
 ``runtime._engine.stats`` after every batch and on every poll. No metric
 carries complaint text, extracted values or task ids as labels. The full list,
 with PromQL, is in docs/operations.md.
+
+The same port answers two health checks: ``/livez`` (200 while the process
+serves; 503 once the circuit breaker opened, workers.breaker) and ``/readyz``
+(200 once the model is loaded and while the breaker is closed; 503 otherwise).
+Every other path serves the metrics, ``tiqu_breaker_open`` among them.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from celery import signals
 from prometheus_client import (
@@ -28,7 +37,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 
 from core.names import EXTRACT_QUEUE, TRAIN_QUEUE
@@ -80,8 +89,16 @@ class WorkerMetrics:
                               registry=r)
         self.last_batch = Gauge("tiqu_last_batch_timestamp_seconds",
                                 "Unix time the last batch finished.", registry=r)
+        self.breaker_open = Gauge("tiqu_breaker_open",
+                                  "1 once the engine failed breaker_failures batches in a row "
+                                  "and the worker stopped consuming (it exits next).",
+                                  registry=r)
         self._tokens_seen = 0
         self._adapter_seen: str | None = None
+
+    def watch(self, runtime: Any) -> None:
+        """Read ``tiqu_breaker_open`` from ``runtime``'s breaker at every scrape."""
+        self.breaker_open.set_function(lambda: 0.0 if health(runtime)[0] else 1.0)
 
     def after_batch(self, runtime: Any, envelopes: list[dict[str, Any]], batch_s: float) -> None:
         """Runtime hook: count one finished batch and its envelopes."""
@@ -135,16 +152,58 @@ class WorkerMetrics:
             self.queue_length.labels(queue=queue).set(int(length))
 
 
+def health(runtime: Any) -> tuple[bool, bool]:
+    """``(live, ready)``: live until the breaker opens; ready once loaded and not broken."""
+    breaker = getattr(runtime, "breaker", None)
+    broken = bool(getattr(breaker, "opened", False))
+    return not broken, not broken and getattr(runtime, "_engine", None) is not None
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        """Probes every few seconds would flood the worker's log."""
+
+
+def health_app(runtime: Any, registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
+    """WSGI app: ``/livez`` and ``/readyz`` from :func:`health`, the metrics elsewhere."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/livez", "/readyz"):
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        live, ready = health(runtime)
+        ok = live if path == "/livez" else ready
+        body = b"ok\n" if ok else (b"breaker open\n" if not live else b"not loaded\n")
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "text/plain; charset=utf-8")])
+        return [body]
+
+    return app
+
+
+def start_server(port: int, addr: str, app: Callable[..., Iterable[bytes]]) -> WSGIServer:
+    """Serve ``app`` on ``addr:port`` from a daemon thread; raises OSError when taken."""
+    server = _Server6 if ":" in addr else _Server
+    httpd = make_server(addr, port, app, server, handler_class=_Quiet)
+    threading.Thread(target=httpd.serve_forever, name="tiqu-metrics-http", daemon=True).start()
+    return httpd
+
+
 def redis_for(settings: Settings) -> Any:
     """A Redis client on the broker URL, with the TLS options of rediss:// URLs."""
-    import redis
+    from core.redis import client_from_url
 
-    kw: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5}
-    if settings.redis_url.startswith("rediss://"):
-        kw["ssl_cert_reqs"] = "required" if settings.redis_tls_verify else "none"
-        if settings.redis_tls_ca:
-            kw["ssl_ca_certs"] = settings.redis_tls_ca
-    return redis.Redis.from_url(settings.redis_url, **kw)
+    return client_from_url(settings.redis_url, settings, socket_timeout=5,
+                           socket_connect_timeout=5)
 
 
 class Poller(threading.Thread):
@@ -180,8 +239,8 @@ def serve(metrics: WorkerMetrics, runtime: Any, app: Any, settings: Settings) ->
     """Start the HTTP server and the poller; a busy port is logged, not fatal."""
     assert settings.metrics_port is not None
     try:
-        start_http_server(settings.metrics_port, addr=settings.metrics_addr,
-                          registry=metrics.registry)
+        start_server(settings.metrics_port, settings.metrics_addr,
+                     health_app(runtime, metrics.registry))
     except OSError as err:
         log.error("metrics: cannot bind %s:%d: %s", settings.metrics_addr,
                   settings.metrics_port, err)
@@ -203,6 +262,7 @@ def install(app: Any, runtime: Any, settings: Settings) -> None:
         return
     metrics = WorkerMetrics()
     runtime.after_batch.append(metrics.after_batch)
+    metrics.watch(runtime)
     started: list[Poller] = []
 
     def _start(**_: Any) -> None:

@@ -32,7 +32,8 @@ log = logging.getLogger("tiqu.results")
 #: Errors after which the same write may succeed later.
 RETRYABLE: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError,
                                               redis.ResponseError)
-_REFUSALS = ("OOM", "MISCONF", "READONLY", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN")
+_REFUSALS = ("OOM", "MISCONF", "READONLY", "NOREPLICAS", "LOADING", "BUSY", "TRYAGAIN",
+             "CLUSTERDOWN")
 
 
 class StoreFailed(TiquError):
@@ -52,7 +53,10 @@ def retryable(err: BaseException) -> bool:
     """Whether ``err`` is Redis refusing for now, not a mistake in the command."""
     if isinstance(err, (redis.ConnectionError, redis.TimeoutError)):
         return True
-    return isinstance(err, redis.ResponseError) and str(err).upper().startswith(_REFUSALS)
+    # redis-py strips the code of errors it has a class for (OOM, READONLY, LOADING,
+    # TRYAGAIN) from the message and keeps it in ``status_code``.
+    code = str(getattr(err, "status_code", None) or err).upper()
+    return isinstance(err, redis.ResponseError) and code.startswith(_REFUSALS)
 
 
 def store_once(client: Any, items: Sequence[tuple[str, dict[str, Any]]], ttl_s: int,

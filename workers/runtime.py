@@ -3,6 +3,12 @@
 Validation, the engine call, grounding and envelope building live here, with
 no broker involved, so they are tested directly. Logs carry ids, lengths and
 codes, never complaint text or extracted values.
+
+An engine call that raises is not turned into envelopes: :meth:`Runtime.handle`
+raises :class:`workers.breaker.EngineFailed` and counts the failure on the
+runtime's :class:`workers.breaker.Breaker`; the batch's messages go back on the
+queue (workers.batching). Per-text problems (invalid input, invalid model
+output, a text that alone still runs out of memory) are still answered.
 """
 
 from __future__ import annotations
@@ -18,8 +24,14 @@ from core.schema import Complaint, Envelope
 from core.settings import Settings
 from core.validation import grounding, payload_id, validate_payload
 from inference.engine import Outcome
+from workers import faults
+from workers.breaker import Breaker, EngineFailed
 
 log = logging.getLogger("tiqu.worker")
+
+#: A complaint every engine answers; run after a failed batch to tell a sick
+#: engine from texts that break a sound one (Runtime._after_failure).
+CANARY = "张三，北京市朝阳区建国路88号，zhangsan@example.com。家里宽带断网三天了，请尽快修复。"
 
 BatchHook = Callable[["Runtime"], None]
 ResultHook = Callable[["Runtime", list[dict[str, Any]], float], None]
@@ -51,7 +63,11 @@ class Runtime:
     worker_name: str = ""
     before_batch: list[BatchHook] = field(default_factory=list)
     after_batch: list[ResultHook] = field(default_factory=list)
+    breaker: Breaker = field(default_factory=Breaker)
     _engine: Any = None
+
+    def __post_init__(self) -> None:
+        self.breaker.limit = self.settings.breaker_failures
 
     @property
     def engine(self) -> Any:
@@ -73,9 +89,17 @@ class Runtime:
                  self._engine.stats.model_load_s, self._engine.adapter_version)
 
     def handle(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        """``[(task_id, payload)]`` -> one envelope dict per item, same order."""
+        """``[(task_id, payload)]`` -> one envelope dict per item, same order.
+
+        Raises :class:`EngineFailed` when the engine fails the batch as a whole;
+        a before-batch hook that raises (an adapter check) is logged and never
+        counts as an engine failure.
+        """
         for hook in self.before_batch:
-            hook(self)
+            try:
+                hook(self)
+            except Exception as err:  # the old adapter keeps serving
+                log.error("before-batch hook failed: %s: %s", type(err).__name__, err)
         start = time.perf_counter()
         envelopes: list[Envelope | None] = [None] * len(items)
         valid: list[tuple[int, str | None, str]] = []
@@ -85,6 +109,7 @@ class Runtime:
                 valid.append((i, id_, text))
             except InvalidInput as err:
                 envelopes[i] = self._error(payload_id(payload), err, start)
+        faults.point("mid_batch")
         outcomes = self._extract([t for _, _, t in valid])
         for (i, id_, text), outcome in zip(valid, outcomes, strict=True):
             envelopes[i] = self._envelope(id_, text, outcome, start)
@@ -101,11 +126,53 @@ class Runtime:
         if not texts:
             return []
         try:
-            return list(self.engine.extract_batch(texts))
-        except Exception as err:  # one broken batch must still answer every task
-            log.exception("batch of %d failed: %s", len(texts), type(err).__name__)
-            return [Outcome(error=TiquError(f"extraction failed: {type(err).__name__}"))
-                    for _ in texts]
+            outcomes = self._call(texts)
+        except Exception as err:  # the engine's fault or the texts'? the canary tells
+            return self._after_failure(texts, err)
+        self.breaker.success()
+        return outcomes
+
+    def _call(self, texts: list[str]) -> list[Outcome]:
+        if faults.engine_fails(texts):  # a fault armed for tests
+            raise RuntimeError("CUDA error: the engine fault point is armed")
+        return list(self.engine.extract_batch(texts))
+
+    def _after_failure(self, texts: list[str], err: Exception) -> list[Outcome]:
+        """Tell a sick engine from texts that break a sound one.
+
+        The engine runs :data:`CANARY`, a text it has always answered. If that
+        fails too, the engine is sick: the batch is not answered
+        (:class:`EngineFailed`, counted by the breaker) and goes back on the
+        queue, however often that happens, so a broken device never turns the
+        backlog into errors. If the canary runs, the engine is sound: each text
+        runs again alone, and only a text that still fails alone is answered
+        ``internal_error``.
+        """
+        if not self._sound():
+            self.breaker.failure()
+            log.error("engine failed a batch of %d and the canary: %s (%d in a row)",
+                      len(texts), type(err).__name__, self.breaker.failures, exc_info=err)
+            raise EngineFailed(f"extraction failed: {type(err).__name__}") from err
+        self.breaker.success()
+        log.warning("engine failed a batch of %d (%s) but runs the canary: one text at a time",
+                    len(texts), type(err).__name__)
+        return [self._alone(t) for t in texts]
+
+    def _sound(self) -> bool:
+        try:
+            self._call([CANARY])
+            return True
+        except Exception:  # the error that matters is logged by the caller
+            return False
+
+    def _alone(self, text: str) -> Outcome:
+        try:
+            return self._call([text])[0]
+        except Exception as err:  # this text breaks a sound engine: the input's fault
+            log.error("a text of %d chars fails alone on a sound engine: %s", len(text),
+                      type(err).__name__)
+            return Outcome(error=TiquError(f"extraction failed for this text: "
+                                           f"{type(err).__name__}"))
 
     def _common(self, start: float) -> dict[str, Any]:
         engine = self._engine
