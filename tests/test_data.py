@@ -13,7 +13,7 @@ import pytest
 from core.errors import DataError
 from core.prompting import SYSTEM_PROMPT
 from core.schema import FIELDS, answer_json
-from trainer import banks, cli_data
+from trainer import banks, banks_extra, cli_data
 from trainer.data import (
     FORMATS,
     Record,
@@ -29,6 +29,7 @@ from trainer.data import (
     synth_records,
 )
 from trainer.evalsets import make_hard
+from trainer.synth import MAX_SENTENCES
 
 SYNTH_TAGS = (
     "labelled", "unlabelled", "inline", "complaint_first", "complaint_last", "complaint_middle",
@@ -36,6 +37,7 @@ SYNTH_TAGS = (
     "missing_name", "missing_address", "missing_email", "missing_question", "stated_absent",
     "distractor_phone", "distractor_order", "distractor_id", "distractor_email",
     "email_faker", "email_free", "email_pinyin", "email_qq",
+    "multi_sentence", "quotes", "q_history", "q_closing", "question_label", "subject",
 )  # fmt: skip
 HARD_TAGS = make_hard.REQUIRED_TAGS
 
@@ -146,19 +148,52 @@ def test_synth_rows_are_valid_and_grounded(synth2000: list[Record]) -> None:
         assert any(v is not None for v in r.gold.values())
 
 
-def test_synth_question_is_a_run_of_one_topic(synth2000: list[Record]) -> None:
+def _pattern(template: str) -> str:
+    """A regex for a bank template: each placeholder is one run inside the sentence."""
+    return re.sub(r"\\\{\w+\\\}", r"[^。！？!?.\\n]+?", re.escape(template))
+
+
+#: (kind, regex) of every sentence a question may hold, besides the problem sentences.
+_TAIL_BANKS = (  # literal sentences first: a template's placeholder may swallow one
+    ("injection", banks_extra.INJECTIONS),
+    ("history", banks_extra.HISTORY + banks_extra.HISTORY_EN + banks_extra.QUOTED
+     + banks_extra.QUOTED_EN),
+    ("request", banks_extra.REQUESTS + banks_extra.REQUESTS_EN),
+    ("closing", banks_extra.QUESTION_CLOSINGS + banks_extra.QUESTION_CLOSINGS_EN + banks.CLOSINGS
+     + banks_extra.STORY_CLOSINGS + banks_extra.EMAIL_CLOSINGS_EN),
+)  # fmt: skip
+
+
+def question_parts(question: str, problems: set[str]) -> list[str]:
+    """The kind of each sentence of a synthetic question ("problem", "history",
+    "request", "closing", "injection"), in order; AssertionError if one is foreign."""
+    alternatives = [("problem", re.escape(s)) for s in problems | {_half(s) for s in problems}]
+    for kind, bank in _TAIL_BANKS:
+        alternatives += [(kind, _pattern(t)) for t in {*bank, *map(_half, bank)}]
+    kinds, pos = [], 0
+    while pos < len(question):
+        hit = next(((k, m) for k, rx in alternatives if (m := re.compile(rx).match(question, pos))),
+                   None)  # fmt: skip
+        assert hit is not None, (question[pos:], question)
+        kinds.append(hit[0])
+        pos = hit[1].end()
+        while pos < len(question) and question[pos] in " \n\t":
+            pos += 1
+    return kinds
+
+
+def test_synth_question_is_the_whole_complaint(synth2000: list[Record]) -> None:
+    """The problem (one topic) first or after one history sentence, then history, a
+    request, a closing: 2 to 6 sentences."""
     for r in synth2000[:300]:
         topics = [t.split(":", 1)[1] for t in r.tags if t.startswith("topic:")]
         if r.gold["question"] is None:
             assert not topics
             continue
-        bank = banks.COMPLAINTS[topics[0]]
-        variants = set(bank) | {_half(s) for s in bank}
-        rest = r.gold["question"]
-        while rest:  # the question is a concatenation of bank sentences of that topic
-            head = next((s for s in variants if rest.startswith(s)), None)
-            assert head is not None, r.gold["question"]
-            rest = rest[len(head) :]
+        kinds = question_parts(r.gold["question"], set(banks.COMPLAINTS[topics[0]]))
+        assert "problem" in kinds[:2] and 2 <= len(kinds) <= MAX_SENTENCES, kinds
+        assert "multi_sentence" not in r.tags or len(kinds) >= 3
+        assert 1 <= kinds.count("problem") <= 2, kinds
 
 
 def test_synth_covers_every_layout_and_tag(synth2000: list[Record]) -> None:
@@ -327,9 +362,28 @@ def test_hard_set_injections_keep_real_values(hard: list[Record]) -> None:
         assert r.gold["email"] not in ("root@localhost", "x@x.com")
 
 
+def test_hard_v2_is_v1_then_new_hand_written_rows(hard: list[Record]) -> None:
+    v2 = load_records(make_hard.OUT_V2)
+    assert v2[: len(hard)] == hard  # hard_v1's rows, unchanged
+    new = v2[len(hard) :]
+    assert len(new) >= 60
+    counts = Counter(t for r in new for t in r.tags)
+    assert counts["multi_sentence"] >= 25 and counts["quotes"] >= 25, counts
+    assert len({r.text for r in v2}) == len(v2)
+    for r in new:
+        assert record_problems(r) == [], r.text
+        assert all(v is None or v in r.text for v in r.gold.values())
+        values = [v for v in r.gold.values() if v]
+        assert ("quotes" in r.tags) == any('"' in v or "\\" in v for v in values), r.text
+        if "multi_sentence" in r.tags:
+            assert make_hard.sentences(r.gold["question"] or "") >= 3, r.gold
+    assert make_hard.build_v2() == v2
+
+
 def test_hard_set_shares_nothing_with_the_generator(
     hard: list[Record], synth2000: list[Record]
 ) -> None:
+    hard = load_records(make_hard.OUT_V2)  # hard_v1 and the rows hard_v2 adds
     bank = {s for group in banks.COMPLAINTS.values() for s in group}
     bank |= {_half(s) for s in bank}
     hard_texts = [r.text for r in hard]

@@ -415,3 +415,95 @@ GIVEN_CHARS = (
     "钰", "铮", "锦", "缃", "绮", "纨", "绾", "纾", "荻", "蕖", "苒", "芊", "菀", "萱",
     "葭", "蒹", "蓁", "蔚", "雎", "鸢", "鹭", "鸿", "麟", "骐", "骊", "尧", "舜", "禹",
 )
+
+
+# --- the whole complaint: history, request, closing, quotes --------------------
+#
+# A complaint's question is every sentence of it: the problem, its history, what
+# the customer asks for and a polite closing inside the paragraph. These banks add
+# the sentences that come after the problem; templates take ``{date}``,
+# ``{order}``, ``{times}``, ``{brand}``, ``{status}`` or ``{code}``.
+
+HISTORY = (
+    "订单号{order}的退款到现在还没到账。",
+    "{date}我已经打过一次客服电话，对方说三个工作日内回复。",
+    "工单{order}提交以后一直没有人跟进。",
+    "{date}师傅上门看过一次，说要换配件，之后就没了消息。",
+    "前后已经反映了{times}次，每次都让我再等等。",
+    "从{date}到现在，这个问题一直没有解决。",
+    "上周在线留言了，受理编号是{order}，至今没有答复。",
+    "{date}营业厅的工作人员答应帮我处理，结果不了了之。",
+    "我在{date}就提交过申请，流水号{order}，系统显示仍在审核。",
+    "这已经是本月第{times}次出现同样的情况了。",
+    "之前也投诉过，当时说会整改，可一点变化都没有。",
+    "客服给的答复前后矛盾，一会说是系统原因，一会又说是我操作不当。",
+    "{date}收到短信说已经处理完毕，可实际情况一点没变。",
+    "为这事我请了{times}天假在家等人，结果谁也没来。",
+    "单号{order}的记录里明明写着已经上门，可我家根本没人来过。",
+    "家里老人为这件事跑了{times}趟，每次都被推到别的窗口。",
+)
+HISTORY_EN = (
+    "I already called on {date} and was promised an answer within three days.",
+    "My ticket {order} has been open for weeks without any update.",
+    "This is the {times_en} time I have reported the same problem.",
+)
+REQUESTS = (
+    "请尽快查明原因，并给我一个明确的答复。",
+    "希望相关部门尽快派人上门处理。",
+    "要求退还多收的费用，并给出书面解释。",
+    "请尽快安排维修，不要再拖下去了。",
+    "希望能按规定给予相应的赔偿。",
+    "要求商家按当初的承诺办理退款。",
+    "请督促相关单位在本周内解决。",
+    "希望给个准确的处理时间，别再让我来回跑了。",
+    "请核实以后把多扣的钱退回原账户。",
+    "要求对相关工作人员的服务态度进行调查。",
+    "恳请尽快恢复正常使用。",
+    "请给我一个合理的解决方案。",
+    "希望这次能有人真正负起责任来。",
+    "要求在三个工作日内给出处理结果。",
+)
+REQUESTS_EN = (
+    "Please fix this as soon as possible.",
+    "I want a full refund of the extra charge.",
+    "Please tell me when someone will come to look at it.",
+)
+#: Polite closings inside the complaint paragraph: part of the question.
+QUESTION_CLOSINGS = ("谢谢！", "麻烦了。", "辛苦你们了。", "多谢。", "先谢谢了！", "拜托了。")
+QUESTION_CLOSINGS_EN = ("Thank you.", "Thanks!")
+TIMES = ("两", "三", "四", "五", "六")
+TIMES_EN = ("second", "third", "fourth")
+
+#: Sentences with half-width double quotes or backslashes inside the question.
+QUOTED = (
+    '系统里一直显示"{status}"，没有任何进展。',
+    '客服只回了一句"请耐心等待"就挂了电话。',
+    '短信上写着"已为您办结"，可问题根本没有解决。',
+    "{brand}的售后说这事不归他们管。",
+    "我在{brand}买的东西出了问题，对方一直推脱。",
+    '页面一直弹出"网络异常，请稍后重试"，怎么都提交不了。',
+    "截图保存在D:\\投诉材料\\{order}这个文件夹里，随时可以提供。",
+    '收件人姓名被系统显示成了"李\\明"这样的乱码。',
+    '报错信息是"ERR\\{code}"，客服也解释不了。',
+    "{brand}的工作人员说要等\"上面\"批准才能处理。",
+    '账单备注里多出一行"服务费\\t{code}元"，我从没办理过。',
+    '发票抬头被打成了"公司\\个人"，财务不给报销。',
+)
+QUOTED_EN = (
+    'The app keeps showing "{status_en}" and nobody answers.',
+    'The agent only said "wait for the system" and hung up.',
+)
+QUOTE_STATUSES = ("处理中", "待审核", "已受理", "退款中", "待派单", "审核未通过")
+QUOTE_STATUSES_EN = ("pending", "in review", "closed")
+#: Company and product names in half-width quotes, as customers write them.
+QUOTE_BRANDS = (
+    '"顺心达"快递', '"优品汇"商城', '"乐居"物业', '"家安宝"', '"云帆"宽带', '"惠享"超市',
+    '"鲜到家"APP', '"立行"健身', '"暖冬"供热', '"清源"净水器',
+)
+
+#: Section labels in front of a complaint: never part of the question.
+SECTION_LABELS = (
+    "情况说明", "诉求", "业主反映", "问题描述", "具体情况", "反映内容", "事情经过",
+    "投诉事由", "详细说明", "用户反映",
+)
+SECTION_LABELS_EN = ("Details", "Issue", "Description")

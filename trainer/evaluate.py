@@ -5,6 +5,12 @@ run, so a score measures what serving will do. Every metric is reported over
 all rows and per tag. Values are compared after :func:`core.validation.normalize`
 (NFKC and collapsed whitespace); ``null`` against ``null`` is a match, and an
 invalid prediction (``None``) matches nothing.
+
+Two error counts per field show where a value was cut: ``cut_short`` (the
+prediction is a strict part of the gold: a prefix, an inner part or a suffix)
+and ``cut_at_quote`` (the gold holds a ``"`` and the prediction is the gold up
+to just before one; such a row is also cut short). The tags in
+:data:`FOCUS_TAGS` are reported on their own as well (``focus``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from core.validation import normalize
 from trainer.data import Record
 
 ALL = "all"
+#: Tags of the hard set reported first: long questions, and values with quotes.
+FOCUS_TAGS = ("multi_sentence", "quotes")
 
 
 def char_f1(pred: str | None, gold: str | None) -> float:
@@ -37,6 +45,22 @@ def char_f1(pred: str | None, gold: str | None) -> float:
         return 0.0
     precision, recall = common / len(p), common / len(g)
     return 2 * precision * recall / (precision + recall)
+
+
+def cut_short(pred: str | None, gold: str | None) -> bool:
+    """The prediction is a non-empty strict part of the gold (after normalisation)."""
+    if not pred or not gold:
+        return False
+    p, g = normalize(pred), normalize(gold)
+    return bool(p) and p != g and p in g
+
+
+def cut_at_quote(pred: str | None, gold: str | None) -> bool:
+    """The gold holds a ``"`` and the prediction is the gold up to just before one."""
+    if not pred or not gold or '"' not in gold:
+        return False
+    p, g = normalize(pred), normalize(gold)
+    return any(g[:i].rstrip() == p for i, c in enumerate(g) if c == '"' and i > 0)
 
 
 def same(pred: str | None, gold: str | None) -> bool:
@@ -57,6 +81,8 @@ class Tally:
     f1: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FIELDS, 0.0))
     values: int = 0
     grounded: int = 0
+    cut: Counter[str] = field(default_factory=Counter)
+    cut_quote: Counter[str] = field(default_factory=Counter)
 
     def add(self, pred: Complaint | None, record: Record) -> None:
         self.n += 1
@@ -70,6 +96,8 @@ class Tally:
             hits += hit
             self.exact[key] += hit
             self.f1[key] += char_f1(value, gold)
+            self.cut[key] += cut_short(value, gold)
+            self.cut_quote[key] += cut_at_quote(value, gold)
             if value is not None:
                 self.values += 1
                 self.grounded += bool(value) and value in record.text
@@ -88,6 +116,8 @@ class Tally:
             "grounded": self.grounded / self.values if self.values else None,
             "exact": exact,
             "f1": f1,
+            "cut_short": {k: self.cut[k] for k in FIELDS},
+            "cut_at_quote": {k: self.cut_quote[k] for k in FIELDS},
         }
 
 
@@ -99,9 +129,11 @@ def score(preds: Sequence[Complaint | None], records: Sequence[Record]) -> dict[
     for pred, record in zip(preds, records, strict=True):
         for group in (ALL, *record.tags):
             tallies.setdefault(group, Tally()).add(pred, record)
+    tags = {tag: t.summary() for tag, t in sorted(tallies.items()) if tag != ALL}
     return {
-        "overall": tallies.pop(ALL).summary(),
-        "tags": {tag: t.summary() for tag, t in sorted(tallies.items())},
+        "overall": tallies[ALL].summary(),
+        "focus": {tag: tags[tag] for tag in FOCUS_TAGS if tag in tags},
+        "tags": tags,
     }
 
 
@@ -205,15 +237,23 @@ def _pct(x: float | None) -> str:
 
 
 def format_table(report: dict[str, Any], min_rows: int = 1) -> str:
-    """A fixed-width table: one line for all rows, then one per tag with >= min_rows rows."""
-    cols = ["n", "valid", "field", *FIELDS, "row", "f1", "ground"]
+    """A fixed-width table: one line for all rows, one per focus tag, then one per tag
+    with >= min_rows rows; then the cut-short and cut-at-quote counts per field."""
+    cols = ["n", "valid", "field", *FIELDS, "row", "f1", "ground", "q_f1", "cut", "cut@quot"]
     head = f"{'group':<22}" + "".join(f"{c[:8]:>9}" for c in cols)
     lines = [head, "-" * len(head)]
-    groups = [(ALL, report["overall"])]
-    groups += [(t, s) for t, s in report["tags"].items() if s["n"] >= min_rows]
+    focus = report.get("focus", {})
+    groups = [(ALL, report["overall"]), *focus.items()]
+    groups += [(t, s) for t, s in report["tags"].items() if s["n"] >= min_rows and t not in focus]
     for name, s in groups:
         cells = [f"{s['n']:>5}", _pct(s["valid_json"]), _pct(s["field_exact"])]
         cells += [_pct(s["exact"][k]) for k in FIELDS]
         cells += [_pct(s["row_exact"]), _pct(s["char_f1"]), _pct(s["grounded"])]
+        cells += [_pct(s["f1"]["question"]), str(sum(s["cut_short"].values())),
+                  str(sum(s["cut_at_quote"].values()))]
         lines.append(f"{name[:22]:<22}" + "".join(f"{c:>9}" for c in cells))
+    overall = report["overall"]
+    for what in ("cut_short", "cut_at_quote"):
+        counts = "  ".join(f"{k} {overall[what][k]}" for k in FIELDS)
+        lines.append(f"{what} (all rows): {counts}")
     return "\n".join(lines)

@@ -4,6 +4,12 @@ sentences (trainer.banks), varied layouts, missing fields and distractors.
 ``extended=True`` adds e-mail, narrative, contact-last, ticket-form and injection
 layouts (banks in trainer.banks_extra) to about 40% of the texts.
 
+The question is the whole complaint, in every layout: 2 to 6 sentences with the
+problem, maybe its history (dates, order and ticket numbers inside the sentences),
+maybe a sentence with half-width quotes or backslashes, a request and a polite
+closing. Section labels, subject lines, greetings and contact details around it
+are never part of it.
+
 Every record is checked: each non-null gold value occurs verbatim in the text.
 """
 
@@ -99,13 +105,78 @@ def _draw_address(rng: random.Random, fake: Any) -> str:
     return rng.choice((full, full, street, street + room))
 
 
+#: At most this many sentences in a question (the problem, history, request, closing).
+MAX_SENTENCES = 6
+_QUOTE_RATE = 0.22
+
+
+def _fill(rng: random.Random, template: str) -> str:
+    """A history or quote template with its numbers, dates and names drawn."""
+    return template.format(
+        date=_date(rng), order=_order(rng), times=rng.choice(banks_extra.TIMES),
+        times_en=rng.choice(banks_extra.TIMES_EN), code=_digits(rng, rng.randint(3, 5)),
+        brand=rng.choice(banks_extra.QUOTE_BRANDS),
+        status=rng.choice(banks_extra.QUOTE_STATUSES),
+        status_en=rng.choice(banks_extra.QUOTE_STATUSES_EN),
+    )
+
+
+def _complaint(rng: random.Random, problems: list[str],
+               english: bool) -> tuple[list[str], list[str]]:
+    """The question's sentences and tags: the problem (now and then after one history
+    sentence), then maybe history and a quoted sentence, usually a request, sometimes
+    a closing; 2 to MAX_SENTENCES in all."""
+    history_bank = banks_extra.HISTORY_EN if english else banks_extra.HISTORY
+    history = [_fill(rng, t) for t in rng.sample(history_bank, rng.choice((0, 1, 1, 2)))]
+    if rng.random() < _QUOTE_RATE:
+        quoted = banks_extra.QUOTED_EN if english else banks_extra.QUOTED
+        history.insert(rng.randint(0, len(history)), _fill(rng, rng.choice(quoted)))
+    requests = banks_extra.REQUESTS_EN if english else banks_extra.REQUESTS
+    closings = banks_extra.QUESTION_CLOSINGS_EN if english else banks_extra.QUESTION_CLOSINGS
+    tail = [rng.choice(requests)] if rng.random() < 0.85 else []
+    tail += [rng.choice(closings)] if rng.random() < 0.3 else []
+    # one place is left for a closing that the layout glues on after the request
+    while len(problems) + len(history) + len(tail) > MAX_SENTENCES - 1:
+        history.pop()
+    if len(problems) + len(history) + len(tail) < 2:
+        tail.insert(0, rng.choice(requests))
+    sentences = [*problems, *history, *tail]
+    if history and rng.random() < 0.15:  # the story may begin with its history
+        sentences = [history[0], *problems, *history[1:], *tail]
+    tags = ["multi_sentence"] if len(sentences) >= 3 else []
+    tags += ["q_history"] if history else []
+    tags += ["q_closing"] if tail and tail[-1] in closings else []
+    return sentences, tags
+
+
+def _glue(pieces: list[str], rng: random.Random, breaks: str, closing: str | None) -> str:
+    """Sentences joined into one span: nothing after a full-width stop, else a space;
+    now and then one of ``breaks`` (a line break or a tab) instead, but never before
+    the ``closing``: a closing on a line of its own is a sign-off, not the complaint."""
+    out = ""
+    for piece in pieces:
+        if out and breaks and piece != closing and rng.random() < 0.08:
+            out += rng.choice(breaks)
+        elif out:
+            out += "" if out[-1] in "。！？" else " "
+        out += piece
+    return out
+
+
+def _quote_tags(question: str | None) -> list[str]:
+    return ["quotes"] if question and ('"' in question or "\\" in question) else []
+
+
 def _draw_values(rng: random.Random, fake: Any, style: _Style,
                  plain: bool = False) -> tuple[Gold, list[str]]:
     """Gold values (some set to null unless ``plain``) and their tags."""
     topic = rng.choice(sorted(banks.COMPLAINTS))
-    sentences = rng.sample(banks.COMPLAINTS[topic], rng.choice((1, 1, 2, 2, 3)))
+    problems = rng.sample(banks.COMPLAINTS[topic], rng.choice((1, 1, 2)))
+    sentences, q_tags = _complaint(rng, problems, english=False)
     email, email_tag = _draw_email(rng, fake)
-    question = style.punct("".join(sentences))
+    breaks = "\n\t" if style.multiline else ("" if style is PLAIN else "\t")
+    closing = style.punct(sentences[-1]) if "q_closing" in q_tags else None
+    question = _glue([style.punct(s) for s in sentences], rng, breaks, closing)
     drawn = (str(fake.name()), _draw_address(rng, fake), email, question)
     values: Gold = dict(zip(FIELDS, drawn, strict=True))
     missing = set() if plain else {k for k, rate in banks.MISSING_RATE.items()
@@ -114,13 +185,15 @@ def _draw_values(rng: random.Random, fake: Any, style: _Style,
         missing.discard("question")  # a text without a complaint keeps two contact fields
     values.update(dict.fromkeys(missing))
     tags = [f"missing_{k}" for k in FIELDS if k in missing]
-    tags += [f"topic:{topic}"] if values["question"] else []
+    tags += [f"topic:{topic}", *q_tags, *_quote_tags(question)] if values["question"] else []
     return values, tags + ([email_tag] if values["email"] else [])
 
 
 def _segment(key: str, value: str | None, style: _Style, rng: random.Random) -> str | None:
     """One field as it appears in the text, or None when it is left out."""
     if style.layout == "unlabelled":
+        if key == "question" and value is not None and rng.random() < 0.2:
+            return style.punct(rng.choice(banks_extra.SECTION_LABELS)) + style.sep(rng) + value
         return value
     if style.layout == "inline":
         return None if value is None else style.punct(rng.choice(banks.INLINE[key])) + value
@@ -196,6 +269,8 @@ def _synth_one(rng: random.Random, fake: Any, plain: bool = False,
     if rng.random() < 0.35 and len(contact) > 1:
         rng.shuffle(contact)
         tags.append("shuffled")
+    if style.layout == "unlabelled" and segs["question"] != values["question"]:
+        tags.append("question_label")
     parts, where = _arrange(contact, segs["question"], rng)
     text = _join(parts, style, rng)
     if rng.random() < 0.3:
@@ -203,12 +278,26 @@ def _synth_one(rng: random.Random, fake: Any, plain: bool = False,
         tags.append("greeting")
     if rng.random() < 0.25:
         glue = "\n" if style.multiline else ("" if text[-1] in _ENDS else style.joiner)
-        text += glue + style.punct(rng.choice(banks.CLOSINGS))
+        closing = glue + style.punct(rng.choice(banks.CLOSINGS))
+        text += closing
         tags.append("closing")
+        if values["question"] and text.endswith(values["question"] + closing) and glue == "":
+            # a closing glued to the complaint's last sentence belongs to the complaint
+            values["question"] += closing
+    if rng.random() < 0.12 and values["question"]:
+        text = _subject_line(rng, tags, style) + ("\n" if style.multiline else " ") + text
+        tags.append("subject")
     if style.spaces and rng.random() < 0.5:
         text = f"  {text} "
     record = Record(text, values, style.tags() + tags + extra_tags + ([where] if where else []))
     return record if _clean(record) else None
+
+
+def _subject_line(rng: random.Random, tags: list[str], style: _Style) -> str:
+    """A subject line naming the complaint's topic; never part of the question."""
+    topic = next(t.split(":", 1)[1] for t in tags if t.startswith("topic:"))
+    subject = rng.choice(banks_extra.SUBJECTS).format(topic=banks_extra.TOPIC_ZH[topic])
+    return rng.choice(banks_extra.SUBJECT_LINES).format(subject=style.punct(subject))
 
 
 def _plain_one(rng: random.Random, fake: Any) -> Record | None:
@@ -232,13 +321,15 @@ def _clean(r: Record) -> bool:
 # ``synth_records(..., extended=True)`` lays some texts out as e-mails, first-person
 # stories, complaint-then-contact texts and ticket forms (banks in trainer.banks_extra).
 #
-# The question rule, the same for every layout: the question is the run of complaint
-# sentences exactly as it appears in the text, and nothing else. Greetings,
-# salutations, lead-ins ("事情是这样的："), closings and requests for a reply, subject
-# lines, signatures, contact sentences and sentences that carry a phone number, an
-# order number or another party's e-mail are never part of it. An injection sentence
-# is always placed inside that run (before, between or after the complaint
-# sentences, with nothing else in between), so it is part of the question span;
+# The question rule, the same for every layout (docs/training.md, "What the question
+# is"): the question is the whole complaint exactly as it appears in the text: the
+# problem, its history (numbers and dates inside its sentences), the request and a
+# closing glued to it. Greetings, salutations, lead-ins and section labels
+# ("事情是这样的：", "情况说明："), subject lines, signatures, sign-off lines of their
+# own, contact sentences (a phone sentence included), form rows and header lines
+# (ticket numbers, other parties' e-mails) are never part of it. An
+# injection sentence is always placed inside the complaint (before, between or after
+# its sentences, with nothing else in between), so it is part of the question span;
 # the contact golds stay the real ones whatever it says.
 
 #: The layouts that ``extended=True`` adds; "injection" rides on one of them.
@@ -369,16 +460,18 @@ def _rare_name(rng: random.Random) -> str:
     return family + "".join(rng.sample(banks_extra.GIVEN_CHARS, rng.choice((1, 2, 2))))
 
 
-def _ext_draft(x: _Ext, fake: Any) -> _Draft:
+def _ext_draft(x: _Ext, fake: Any, breaks: str) -> _Draft:
     """Gold values, missing and stated-absent fields, the question span and their tags."""
     rng = x.rng
     topic = rng.choice(sorted(set(banks.COMPLAINTS) | set(banks_extra.COMPLAINTS)))
     new, old = banks_extra.COMPLAINTS.get(topic, ()), banks.COMPLAINTS.get(topic, ())
     pool = new if new and (not old or rng.random() < 0.7) else old
-    if x.english and topic in banks_extra.COMPLAINTS_EN and rng.random() < 0.6:
-        pool = banks_extra.COMPLAINTS_EN[topic]
-    count = min(rng.choice((1, 1, 2, 2, 3)), len(pool))
-    pieces = [x.punct(s) for s in rng.sample(pool, count)]
+    english = x.english and topic in banks_extra.COMPLAINTS_EN and rng.random() < 0.6
+    pool = banks_extra.COMPLAINTS_EN[topic] if english else pool
+    count = min(rng.choice((1, 1, 2)), len(pool))
+    sentences, q_tags = _complaint(rng, rng.sample(pool, count), english)
+    pieces = [x.punct(s) for s in sentences]
+    closing = pieces[-1] if "q_closing" in q_tags else None
     email, email_tag = _draw_email(rng, fake)
     name = fake.romanized_name() if x.english and rng.random() < 0.5 else str(fake.name())
     if x.rare_names and not x.english and rng.random() < _RARE_NAME_RATE:
@@ -398,14 +491,28 @@ def _ext_draft(x: _Ext, fake: Any) -> _Draft:
         pieces.insert(rng.randint(0, len(pieces)), injection)
         noise.append(injection)
         tags.append("injection")
-    values: Gold = dict(zip(FIELDS, (name, address, email, _run(pieces)), strict=True))
+    question = _glue(pieces, rng, breaks, closing)
+    values: Gold = dict(zip(FIELDS, (name, address, email, question), strict=True))
     values.update(dict.fromkeys(missing))
+    tags += [*q_tags, *_quote_tags(question)] if values["question"] else []
     tags = [f"missing_{k}" for k in FIELDS if k in missing] + tags
     tags += ["stated_absent"] if stated else []
     tags += [email_tag] if values["email"] else []
     if values["question"] is None:
         tags.remove(f"topic:{topic}")
     return _Draft(values, stated, values["question"], tags, noise)
+
+
+def _closing_in_paragraph(x: _Ext, d: _Draft, zh: tuple[str, ...], en: tuple[str, ...]) -> str:
+    """A closing glued to the complaint: it becomes part of the question when there is
+    one (returns ""), else it is returned to stand on its own."""
+    closing = x.punct(x.pick(zh, en))
+    d.tags.append("closing")
+    if d.question is None:
+        return closing
+    d.question = _run([d.question, closing])
+    d.values["question"] = d.question
+    return ""
 
 
 def _distractor_sentences(x: _Ext, d: _Draft, rates: tuple[float, float, float]) -> list[str]:
@@ -429,7 +536,10 @@ def _body(x: _Ext, d: _Draft, lead: float) -> str:
     if d.question is None:
         return x.punct(x.pick(banks_extra.NO_COMPLAINT, banks_extra.NO_COMPLAINT_EN))
     if not x.english and x.rng.random() < lead:
-        return x.punct(x.rng.choice(banks_extra.LEADS)) + d.question
+        if x.rng.random() < 0.5:
+            return x.punct(x.rng.choice(banks_extra.LEADS)) + d.question
+        d.tags.append("question_label")
+        return x.rng.choice(banks_extra.SECTION_LABELS) + x.colon() + d.question
     return d.question
 
 
@@ -454,18 +564,21 @@ def _contact_last(x: _Ext, d: _Draft) -> str | None:
     unlabelled_sentence = not labelled and any(s[-1] in "。." for s in segs)
     joiners = ("；", "，", " ", "\n", " | ") if labelled else (" ", "，", "\n", " / ")
     joiner = "\n" if unlabelled_sentence else rng.choice(joiners)
-    head = [_body(x, d, lead=0.15)]
+    lone = ""
+    if rng.random() < 0.2:
+        lone = _closing_in_paragraph(x, d, banks.CLOSINGS, banks_extra.EMAIL_CLOSINGS_EN)
+    head = [_body(x, d, lead=0.15), *([lone] if lone else [])]
     if rng.random() < 0.3:
         head.insert(0, x.punct(x.pick(banks.GREETINGS, banks_extra.SALUTATIONS_EN)))
         d.tags.append("greeting")
-    head += _distractor_sentences(x, d, (0.1, 0.15, 0.12))
-    if rng.random() < 0.2:
-        head.append(x.punct(x.pick(banks.CLOSINGS, banks_extra.EMAIL_CLOSINGS_EN)))
-        d.tags.append("closing")
+    # a phone sentence is a contact detail and stands on its own line; a reference
+    # number or another party's address in the story belongs to the complaint's history
+    others = _distractor_sentences(x, d, (0.1, 0.0, 0.0))
     breaks = banks_extra.CONTACT_BREAKS_EN if x.english else banks_extra.CONTACT_BREAKS
     brk = x.punct(rng.choice(breaks)) if joiner == "\n" or rng.random() < 0.6 else " "
     d.tags.append("labelled" if labelled else "unlabelled")
-    return _sentences(head, rng, newline=0.15) + brk + joiner.join(segs)
+    tail = "\n" + _sentences(others, rng) if others else ""
+    return _sentences(head, rng) + tail + brk + joiner.join(segs)
 
 
 def _intro(x: _Ext, d: _Draft) -> str | None:
@@ -489,19 +602,19 @@ def _narrative(x: _Ext, d: _Draft) -> str:
     """A first-person story with the contact details woven into its sentences."""
     rng = x.rng
     name, address, email = (d.values[k] for k in _CONTACT)
-    closing = ""
     if d.question and not x.english and rng.random() < 0.3:
-        closing = x.punct(rng.choice(banks_extra.STORY_CLOSINGS))
+        _closing_in_paragraph(x, d, banks_extra.STORY_CLOSINGS, banks_extra.STORY_CLOSINGS)
     template = x.pick(banks_extra.EMAIL_SENTENCES, banks_extra.EMAIL_SENTENCES_EN)
     mail = x.fill(template, email=email) if email else d.stated_seg(x, "email", labelled=False)
-    contact = [s for s in (mail, *_distractor_sentences(x, d, (0.2, 0.12, 0.15))) if s]
+    # a phone sentence is a contact detail; reference numbers belong to the story
+    contact = [s for s in (mail, *_distractor_sentences(x, d, (0.2, 0.0, 0.0))) if s]
     rng.shuffle(contact)
     if name and address and d.question and not x.english and rng.random() < 0.3:
         # "我叫X，住在Y，<complaint>": the complaint goes on in the intro's sentence
         intro = x.fill(rng.choice(banks_extra.INTRO_WOVEN), name=name, address=address)
         d.tags.append("woven")
-        return _sentences([intro + d.question + closing, *contact], rng, newline=0.1)
-    body = _body(x, d, lead=0.25) + closing
+        return _sentences([intro + d.question, *contact], rng, newline=0.1)
+    body = _body(x, d, lead=0.25)
     who = _intro(x, d)
     roll = rng.random()
     if who and roll < 0.6:  # who and where, the story, the rest
@@ -587,8 +700,10 @@ def _email_body(x: _Ext, d: _Draft) -> str:
         lines.append("")
     lines.append(x.punct(x.pick(banks_extra.SALUTATIONS, banks_extra.SALUTATIONS_EN)))
     indent = rng.choice(("", "", "　　", "    "))
-    para = [_body(x, d, lead=0.2), *_distractor_sentences(x, d, (0.2, 0.15, 0.1))]
-    lines.append(indent + _sentences(para, rng))
+    lines.append(indent + _body(x, d, lead=0.2))
+    others = _distractor_sentences(x, d, (0.2, 0.0, 0.0))  # as in _contact_last
+    if others:  # on a line of their own: not part of the complaint paragraph
+        lines.append(_sentences(others, rng))
     if rng.random() < 0.5:
         lines.append(x.punct(x.pick(banks_extra.EMAIL_CLOSINGS, banks_extra.EMAIL_CLOSINGS_EN)))
         d.tags.append("closing")
@@ -687,7 +802,7 @@ def _extended_one(rng: random.Random, fake: Any, rare_names: bool) -> Record | N
     layout = rng.choice(EXTENDED_LAYOUTS)
     width = rng.choices(("full", "half", "mixed"), (0.55, 0.25, 0.2))[0]
     x = _Ext(rng, width, english=rng.random() < _ENGLISH_RATE, rare_names=rare_names)
-    d = _ext_draft(x, fake)
+    d = _ext_draft(x, fake, breaks="" if layout == "form_table" else "\n\t")
     text = _RENDER[layout](x, d)
     if text is None:
         return None

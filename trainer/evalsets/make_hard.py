@@ -4,12 +4,18 @@ Its sentences, names, addresses, emails, label words and layouts are its own and
 never come from ``trainer.banks`` or the generator, so scores on it measure how
 well a model trained on synthetic data copes with text laid out differently.
 
-Run ``python -m trainer.evalsets.make_hard`` to rewrite the file.
+``hard_v2.jsonl`` is ``hard_v1.jsonl`` followed by the hand-written rows of
+:mod:`trainer.evalsets.rows_v2`: long questions with their history and request
+(tag ``multi_sentence``) and values with half-width quotes or backslashes (tag
+``quotes``). Its rows were fixed before any model was scored on them.
+
+Run ``python -m trainer.evalsets.make_hard`` to rewrite both files.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +27,10 @@ from trainer.data import Record, record_problems, save_records
 Labels = Mapping[str, tuple[str, ...]]
 SEED = 20240613
 OUT = Path(__file__).resolve().parent / "hard_v1.jsonl"
+OUT_V2 = OUT.with_name("hard_v2.jsonl")
+#: Tags that hard_v2's new rows must each carry at least V2_MIN_PER_TAG times.
+V2_TAGS = ("multi_sentence", "quotes")
+V2_MIN_PER_TAG = 25
 LAYOUTS = ("ticket_form", "email_body", "narrative", "contact_last")
 REQUIRED_TAGS = (
     *LAYOUTS, "labelled", "unlabelled", "missing", "stated_absent", "distractor_phone",
@@ -402,10 +412,53 @@ def build(n_per_layout: int = 42, n_english: int = 20) -> list[Record]:
     return records
 
 
+_MARK = re.compile(r"⟦([naeq]):(.*?)⟧", re.DOTALL)
+_KEYS = {"n": "name", "a": "address", "e": "email", "q": "question"}
+_SENTENCE_END = re.compile(r"[。！？!?]|\.(?=\s|$)")
+
+
+def parse_marked(marked: str, tags: str) -> Record:
+    """A record from a marked row of :mod:`trainer.evalsets.rows_v2`."""
+    gold: dict[str, str | None] = dict.fromkeys(FIELDS)
+    for key, value in _MARK.findall(marked):
+        assert gold[_KEYS[key]] is None, f"two {_KEYS[key]} markers: {marked!r}"
+        gold[_KEYS[key]] = value
+    text = _MARK.sub(lambda m: m.group(2), marked)
+    tag_set = set(tags.split()) | ({"missing"} if None in gold.values() else set())
+    return Record(text, gold, sorted(tag_set))
+
+
+def sentences(value: str) -> int:
+    """The number of sentence ends in a value."""
+    return len(_SENTENCE_END.findall(value))
+
+
+def _check_v2(record: Record) -> None:
+    _check(record)
+    quoted = any(v and ('"' in v or "\\" in v) for v in record.gold.values())
+    assert quoted == ("quotes" in record.tags), record.text
+    if "multi_sentence" in record.tags:
+        assert sentences(record.gold["question"] or "") >= 3, record.text
+
+
+def build_v2() -> list[Record]:
+    """hard_v1's records, then the new rows; identical on every run."""
+    from trainer.evalsets.rows_v2 import ROWS
+
+    new = [parse_marked(marked, tags) for tags, marked in ROWS]
+    for record in new:
+        _check_v2(record)
+    counts = Counter(t for r in new for t in r.tags)
+    assert all(counts[t] >= V2_MIN_PER_TAG for t in V2_TAGS), counts
+    records = [*build(), *new]
+    assert len({r.text for r in records}) == len(records), "a text occurs twice"
+    return records
+
+
 def main() -> None:
-    records = build()
-    save_records(records, OUT, fmt="gold")
-    print(f"wrote {len(records)} records to {OUT}")
+    for records, out in ((build(), OUT), (build_v2(), OUT_V2)):
+        save_records(records, out, fmt="gold")
+        print(f"wrote {len(records)} records to {out}")
 
 
 if __name__ == "__main__":
