@@ -110,3 +110,39 @@ def grounding(result: Complaint, text: str) -> dict[str, bool]:
         if value is not None:
             out[key] = bool(value) and value in text
     return out
+
+
+#: Longest task id accepted; Celery ids are 36-char UUIDs, callers may use their own.
+MAX_TASK_ID_CHARS = 255
+
+
+def usable_task_id(value: Any) -> str | None:
+    """``value`` when it can address a result: a string of 1 to 255 chars UTF-8 can encode."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TASK_ID_CHARS:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape cannot be a Redis key
+        return None
+    return value
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists and objects in ``value`` nest more than ``limit`` deep.
+
+    Iterative, so a value that the JSON decoder accepted, just short of the
+    recursion limit, cannot raise ``RecursionError`` here.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

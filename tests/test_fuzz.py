@@ -112,3 +112,57 @@ def test_runtime_answers_every_item_with_a_storable_envelope(batch: list[Any]) -
             assert envelope.result.question == text  # the echo engine, in order
         else:
             assert envelope.error is not None and envelope.error.code in INPUT_CODES
+
+
+# --- queue items: workers.fetch.classify, before kombu reads anything ----------------------
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+@FUZZ
+@given(json_like, st.integers(1, 6))
+def test_nesting_exceeds_agrees_with_the_recursive_depth(value: Any, limit: int) -> None:
+    from core.validation import nesting_exceeds
+
+    plain = json.loads(json.dumps(value, default=repr))  # bytes become strings
+    assert nesting_exceeds(plain, limit) == (_depth(plain) > limit)
+
+
+def _message(headers: Any, depth: int) -> bytes:
+    item = {"body": "", "headers": headers, "content-type": "application/json",
+            "properties": {"delivery_tag": "t", "delivery_info": {"exchange": "",
+                                                                  "routing_key": "q"},
+                           "deep": "DEEP"}}
+    deep = "[" * depth + "]" * depth  # built as text: the test's own decoder would recurse
+    return json.dumps(item, default=repr).replace('"DEEP"', deep).encode()
+
+
+queue_items = (st.binary(max_size=400)
+               | st.builds(lambda d, k: (k[0] * d + k[1] * d).encode(), st.integers(1, 20000),
+                           st.sampled_from([("[", "]"), ('{"a":', "}")]))
+               | st.builds(_message, json_like, st.integers(1, 3000))
+               | st.builds(lambda v: json.dumps(v, default=repr).encode(), json_like))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(queue_items)
+def test_classify_sorts_any_queue_item_without_raising(raw: bytes) -> None:
+    from kombu.utils.encoding import bytes_to_str
+    from kombu.utils.json import loads
+
+    from workers.fetch import MAX_ENVELOPE_DEPTH, Refused, classify
+
+    out = classify(raw, 65536, loads, bytes_to_str)
+    if isinstance(out, Refused):
+        assert out.code in {"message_too_large", "unreadable_message", "nested_too_deep",
+                            "invalid_message"}
+        assert out.task_id is None or (isinstance(out.task_id, str) and len(out.task_id) <= 255)
+        assert len(raw) > 65536 or out.code != "message_too_large"
+        return
+    assert len(raw) <= 65536 and _depth(out) <= MAX_ENVELOPE_DEPTH
+    assert out["properties"]["delivery_tag"] != "t"  # minted by the worker

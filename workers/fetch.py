@@ -20,21 +20,34 @@ yet acknowledged is delivered again; the result store (``SET NX``) makes that
 harmless. A worker
 shutting down warmly requeues its leftovers and removes its keys itself.
 
-:func:`patch_redis_transport` also drops list items that are not kombu
-messages (not JSON, no delivery tag, a body that is not base64), which kombu
-would otherwise raise out of the event loop, stopping the worker.
+Every list item is hostile input (any producer holds the Redis password).
+:func:`classify` sorts each fetched item before anything else reads it: one
+over ``max_message_bytes`` is refused undecoded; one that is not JSON, is
+nested too deep (``RecursionError`` in the decoder, or deeper than
+``MAX_ENVELOPE_DEPTH``) or is not a kombu message is refused; every other one
+gets a delivery tag of this worker's own. :func:`refuse` answers a refused item
+under its ``headers.id`` when it has a usable one (through the guard) and puts
+the others on the dead-letter list (``{reason, size_bytes, queue, at}``, never
+the item), taking them off the in-flight list in the same transaction. Before,
+kombu raised these out of the event loop, stopping the worker, and the item
+went back on the queue for the next worker to die on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from queue import Empty
-from typing import Any
+from typing import Any, NamedTuple
 
-from core.names import KEY_PREFIX
+from core.names import DEAD_LETTER_KEY, DEAD_LETTER_MAX, KEY_PREFIX
+from core.validation import nesting_exceeds, usable_task_id
+from workers import faults, liveness
 
 log = logging.getLogger("tiqu.fetch")
 
@@ -51,7 +64,14 @@ class InFlight:
 
     queue: str
     node: str
-    ttl_s: int
+    ttl_s: int  # of the liveness key
+    held_ttl_s: int = 7200  # of the held set (workers.liveness)
+    #: Items larger than this are refused before they are decoded.
+    max_message_bytes: int = 262144
+    #: Stores error envelopes for ``[(task_id, code, reason)]`` (workers.guard); raises
+    #: when it cannot. Without it, every refused item is dead-lettered.
+    answer: Callable[[list[tuple[str, str, str]]], None] | None = field(default=None,
+                                                                         compare=False)
 
     @property
     def key(self) -> str:
@@ -76,6 +96,25 @@ def start(channel: Any, inflight: InFlight, timeout: Any) -> bool:
     return True
 
 
+#: Seconds a fetch waits after Redis refused it, so that the loop does not spin.
+REFUSED_PAUSE_S = 1.0
+_refusals_logged_at = 0.0
+
+
+def _refused(err: BaseException) -> bool:
+    """Whether a fetch failed because Redis refuses writes for now (or unblocked it)."""
+    from workers.results import retryable
+
+    global _refusals_logged_at
+    if not (retryable(err) or str(err).upper().startswith("UNBLOCKED")):
+        return False
+    if time.monotonic() - _refusals_logged_at > 30:  # one line per 30 s of refusals
+        _refusals_logged_at = time.monotonic()
+        log.warning("Redis refused a fetch (%s); fetching again in %.0f s",
+                    type(err).__name__, REFUSED_PAUSE_S)
+    return True
+
+
 def read(channel: Any) -> bool:
     """Read a ``BRPOPLPUSH`` reply and deliver its message, as kombu's ``_brpop_read`` does."""
     from kombu.utils.encoding import bytes_to_str
@@ -88,6 +127,11 @@ def read(channel: Any) -> bool:
         except channel.connection_errors:
             channel.client.connection.disconnect()
             raise
+        except Exception as err:  # refused for now (OOM, READONLY): wait, never stop the worker
+            if not _refused(err):
+                raise
+            time.sleep(REFUSED_PAUSE_S)
+            raise Empty() from err
         if item is None:
             raise Empty()
         channel._queue_cycle.rotate(inflight.queue)
@@ -97,18 +141,15 @@ def read(channel: Any) -> bool:
         if hasattr(channel, "_flush_brpop_reauth"):
             channel._flush_brpop_reauth()
     items = [item, *_fetch_more(channel, inflight)]
-    payloads = [_payload(x, loads, bytes_to_str) for x in items]
-    _record(channel, inflight, [(x, p) for x, p in zip(items, payloads, strict=True) if p])
+    faults.point("after_fetch")
+    sorted_out = [classify(x, inflight.max_message_bytes, loads, bytes_to_str) for x in items]
+    fetched = [(x, p) for x, p in zip(items, sorted_out, strict=True) if isinstance(p, dict)]
+    refuse(channel, inflight, [p for p in sorted_out if isinstance(p, Refused)])
+    _record(channel, inflight, fetched)
+    faults.point("after_record")
     try:
-        for raw, payload in zip(items, payloads, strict=True):
-            if payload is not None:
-                channel.connection._deliver(payload, inflight.queue)
-                continue
-            try:  # kombu's own path, which takes it off the list and raises
-                _deliver_one(channel, inflight, raw, loads, bytes_to_str)
-            except (ValueError, KeyError, TypeError) as err:
-                reason = str(err) if isinstance(err, UnreadableMessage) else type(err).__name__
-                log.error("dropped an unreadable message from the broker: %s", reason)
+        for _raw, payload in fetched:
+            channel.connection._deliver(payload, inflight.queue)
     finally:
         # Recorded as unacknowledged but never delivered (a delivery raised): back on
         # the queue now, not after the visibility timeout.
@@ -119,18 +160,104 @@ def read(channel: Any) -> bool:
     return True
 
 
-def _payload(raw: Any, loads: Any, to_str: Any) -> dict[str, Any] | None:
-    """The parsed message, or ``None`` where it is not a well-formed kombu message."""
+class Refused(NamedTuple):
+    """A fetched list item that is not delivered: answered under its task id, or dead-lettered."""
+
+    raw: Any
+    code: str
+    reason: str
+    task_id: str | None
+
+
+def classify(raw: Any, max_bytes: int, loads: Any, to_str: Any) -> dict[str, Any] | Refused:
+    """The parsed kombu message, with a delivery tag of this worker's own, or why not.
+
+    An item over ``max_bytes`` is refused before it is decoded. The producer's
+    delivery tag is replaced (:func:`mint_tag`): two messages that share one
+    are two messages, each recorded and answered on its own.
+    """
+    size = len(raw) if isinstance(raw, (bytes, str)) else 0
+    if size > max_bytes:
+        return Refused(raw, "message_too_large", f"{size} bytes > max_message_bytes "
+                                                 f"{max_bytes}", None)
     try:
         payload = loads(to_str(raw))
-    except (ValueError, TypeError):
-        return None
-    if envelope_problem(payload) is not None:
-        return None
+    except RecursionError:
+        return Refused(raw, "nested_too_deep", "not decodable: nested too deep", None)
+    except (ValueError, TypeError) as err:  # not UTF-8, not JSON
+        return Refused(raw, "unreadable_message", f"not JSON ({type(err).__name__})", None)
+    task_id = header_task_id(payload)
+    if nesting_exceeds(payload, MAX_ENVELOPE_DEPTH):
+        return Refused(raw, "nested_too_deep", f"nested deeper than {MAX_ENVELOPE_DEPTH}",
+                       task_id)
+    problem = envelope_problem(payload) or route_problem(payload)
+    if problem is not None:
+        return Refused(raw, "invalid_message", f"not a kombu message: {problem}", task_id)
+    return mint_tag(dict(payload))
+
+
+def route_problem(payload: dict[str, Any]) -> str | None:
     info = payload["properties"].get("delivery_info") or {}
-    if not isinstance(info.get("exchange"), str) or not isinstance(info.get("routing_key"), str):
+    if isinstance(info.get("exchange"), str) and isinstance(info.get("routing_key"), str):
         return None
-    return dict(payload)
+    return "properties.delivery_info has no exchange and routing_key"
+
+
+#: Deepest JSON nesting of a queue item (a kombu envelope is 3 or 4 levels deep).
+MAX_ENVELOPE_DEPTH = 32
+
+
+def header_task_id(payload: Any) -> str | None:
+    """``headers.id`` of a parsed list item when it can address a result, else ``None``."""
+    headers = payload.get("headers") if isinstance(payload, dict) else None
+    return usable_task_id(headers.get("id") if isinstance(headers, dict) else None)
+
+
+def mint_tag(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with a fresh delivery tag: a tag is a key in ``unacked``, shared by all
+    workers, so a producer's tag (a copy of another message's) is never trusted."""
+    payload["properties"] = {**payload["properties"], "delivery_tag": uuid.uuid4().hex}
+    return payload
+
+
+def refuse(channel: Any, inflight: InFlight, refused: list[Refused]) -> None:
+    """Answer refused items that have a task id, dead-letter the others, take all off the list.
+
+    Answers go first (``SET NX``: a repeat is harmless); the dead letters and the
+    removal from the in-flight list share one transaction. Should either fail,
+    the items stay on the list, and :func:`tend` puts them back on the queue.
+    """
+    if not refused:
+        return
+    for r in refused:
+        log.warning("refused a queue item task_id=%s code=%s bytes=%d: %s", r.task_id, r.code,
+                    len(r.raw), r.reason)
+    answered = [r for r in refused if r.task_id is not None] if inflight.answer else []
+    try:
+        if answered and inflight.answer is not None:
+            inflight.answer([(str(r.task_id), r.code, r.reason) for r in answered])
+        pipe = _client(channel).pipeline()
+        dead_letter(pipe, [dead_letter_entry(r.code, len(r.raw), inflight.queue)
+                           for r in refused if r not in answered])
+        for r in refused:
+            pipe.lrem(inflight.key, 1, r.raw)
+        pipe.execute()
+    except Exception as err:  # back on the queue with the next tend; refused again then
+        log.error("could not settle %d refused queue item(s): %s", len(refused),
+                  type(err).__name__)
+
+
+def dead_letter_entry(reason: str, size_bytes: int | None, queue: str | None) -> str:
+    """One dead-letter entry: why, how big, from where, when; never the item itself."""
+    return json.dumps({"reason": reason, "size_bytes": size_bytes, "queue": queue,
+                       "at": datetime.now(UTC).isoformat()})
+
+
+def dead_letter(pipe: Any, entries: list[str]) -> None:
+    """Queue on ``pipe`` an LPUSH of ``entries`` to the dead-letter list, kept to its bound."""
+    if entries:
+        pipe.lpush(DEAD_LETTER_KEY, *entries)
+        pipe.ltrim(DEAD_LETTER_KEY, 0, DEAD_LETTER_MAX - 1)
 
 
 def _record(channel: Any, inflight: InFlight, fetched: list[tuple[Any, dict[str, Any]]]) -> None:
@@ -159,6 +286,7 @@ def _record(channel: Any, inflight: InFlight, fetched: list[tuple[Any, dict[str,
     pipe = _client(channel).pipeline()
     pipe.zadd(qos.unacked_index_key, dict.fromkeys(rows, now))
     pipe.hset(qos.unacked_key, mapping=rows)
+    liveness.hold(pipe, inflight.node, list(rows), inflight.held_ttl_s)
     for raw, _ in fetched:
         pipe.lrem(inflight.key, 1, raw)
     pipe.execute()
@@ -188,34 +316,12 @@ def _fetch_more(channel: Any, inflight: InFlight) -> list[Any]:
     return [x for x in pipe.execute() if x is not None]
 
 
-def _deliver_one(channel: Any, inflight: InFlight, item: Any, loads: Any, to_str: Any) -> None:
-    channel._tiqu_fetched = item
-    try:
-        channel.connection._deliver(loads(to_str(item)), inflight.queue)
-    except Exception:
-        recorded(channel)  # not a message kombu can take: off the list as well
-        raise
-
-
 def _client(channel: Any) -> Any:
     """A redis client kept on the channel (kombu builds a new one per call)."""
     client = getattr(channel, "_tiqu_client", None)
     if client is None:
         client = channel._tiqu_client = channel._create_client()
     return client
-
-
-def recorded(channel: Any) -> None:
-    """The fetched message is now in ``unacked`` (or unusable): take it off the list."""
-    item = getattr(channel, "_tiqu_fetched", None)
-    if item is None:
-        return
-    channel._tiqu_fetched = None
-    try:
-        with channel.conn_or_acquire() as client:
-            client.lrem(channel._tiqu_inflight.key, 1, item)
-    except Exception as err:  # left on the list: put back later, delivered twice at worst
-        log.warning("could not take a fetched message off the list: %s", type(err).__name__)
 
 
 def register(client: Any, inflight: InFlight) -> None:
@@ -227,15 +333,18 @@ def unregister(client: Any, inflight: InFlight) -> None:
     """On shutdown, with no fetch outstanding: requeue leftovers, drop this node's keys."""
     _requeue(client, inflight.key, inflight.queue)
     client.srem(REGISTRY_KEY, inflight.key)
-    client.delete(inflight.alive_key)
+    client.delete(inflight.alive_key, liveness.held_key(inflight.node))
 
 
-def tend(client: Any, inflight: InFlight, idle: bool) -> int:
-    """Refresh liveness and requeue orphaned in-flight messages; returns how many.
+def tend(client: Any, inflight: InFlight, idle: bool,
+         restore: Callable[[str], None] | None = None) -> int:
+    """Refresh liveness and requeue orphaned messages; returns how many.
 
     ``idle`` means no fetch is outstanding, so this node's own list holds
-    only leftovers. Lists of nodes whose liveness key expired are emptied
-    onto their queue and unregistered.
+    only leftovers. A node whose liveness key expired is dead: its in-flight
+    list is emptied onto its queue, every message it held unacknowledged is
+    put back with ``restore(tag)`` (workers.liveness.release), and it is
+    unregistered.
     """
     register(client, inflight)
     moved = _requeue(client, inflight.key, inflight.queue) if idle else 0
@@ -244,6 +353,8 @@ def tend(client: Any, inflight: InFlight, idle: bool) -> int:
         queue, _, node = key[len(INFLIGHT_PREFIX):].partition(":")
         if node and node != inflight.node and not client.exists(ALIVE_PREFIX + node):
             moved += _requeue(client, key, queue)
+            if restore is not None:
+                moved += liveness.release(client, node, restore)
             client.srem(REGISTRY_KEY, key)
     if moved:
         log.warning("put %d in-flight message(s) of stopped fetches back on the queue", moved)
@@ -313,13 +424,21 @@ def patch_redis_transport() -> None:
         if done and delivery_tag in done:  # in Redis already (_record)
             done.discard(delivery_tag)
             return virtual.QoS.append(self, message, delivery_tag)
-        result = original_append(self, message, delivery_tag)
-        recorded(self.channel)
-        return result
+        return original_append(self, message, delivery_tag)
 
     kredis.Transport._deliver = _deliver  # type: ignore[method-assign]
     kredis.QoS.append = append  # type: ignore[method-assign]
     setattr(channel, _PATCHED, True)
+
+
+def _dead_letter_now(channel: Any, reason: str) -> None:
+    try:
+        with channel.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            dead_letter(pipe, [dead_letter_entry(reason, None, None)])
+            pipe.execute()
+    except Exception as err:  # logged above already; nothing of the item is left to keep
+        log.warning("could not dead-letter: %s", type(err).__name__)
 
 
 def _wrap_start(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -336,14 +455,15 @@ def _wrap_start(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _wrap_read(original: Callable[..., Any]) -> Callable[..., Any]:
     def _brpop_read(self: Any, **options: Any) -> Any:
+        fetching = getattr(self, "_tiqu_fetching", False)
         try:
-            if getattr(self, "_tiqu_fetching", False):
-                return read(self)
-            return original(self, **options)
-        except (ValueError, KeyError, TypeError) as err:  # JSON, base64 or shape errors
+            return read(self) if fetching else original(self, **options)
+        except (ValueError, KeyError, TypeError, RecursionError) as err:  # JSON, base64, shape
             # Other errors' messages can quote the item; log only their type.
             reason = str(err) if isinstance(err, UnreadableMessage) else type(err).__name__
             log.error("dropped an unreadable message from the broker: %s", reason)
+            if not fetching:  # kombu's BRPOP took it: its size and queue are unknown here
+                _dead_letter_now(self, "unreadable_message")
             return True
 
     return _brpop_read

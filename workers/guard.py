@@ -8,81 +8,128 @@ from the wire inwards:
 
 1. Transport (workers.fetch): a worker consuming one queue fetches with
    BRPOPLPUSH onto an in-flight list, so a SIGKILL never loses a popped
-   message, and a list item that is not a kombu message is dropped.
+   message; an item over ``max_message_bytes``, not JSON, nested too deep or
+   not a kombu message is refused there, before kombu reads it.
 2. Consumer: Celery's handlers for undecodable, disallowed (pickle, YAML),
    invalid and unknown-task messages are replaced, and headers are checked
-   before Celery looks up the task.
-3. Strategy: the body is decoded (``accept_content``: JSON only) and its shape
-   checked (``[args, kwargs, embed]``) before it reaches the batch buffer.
+   before Celery looks up the task: protocol 2, a usable task id, no ETA
+   (celery-batches would hold the message, and its prefetch slot, in its
+   pending list), ``expires`` not passed.
+3. Strategy: the body is decoded (``accept_content``: JSON only), its nesting
+   bounded (``MAX_BODY_DEPTH``) and its shape checked (``[args, kwargs,
+   embed]``) before it reaches the batch buffer.
 4. Batches: a flush run by the timer first settles kombu's in-flight BRPOP
    (see :meth:`Guard.settle_pending_pop`), and the flush timer is re-armed
    after a reconnection (see :func:`rearm_flush_timer`).
 
 A refused message is rejected without running and logged with its task id,
 content type, body length and code, never its body or headers. When its task
-id is readable, an error envelope is stored under it like a result (``SET NX``
-with ``result_ttl_s``, then ``PUBLISH``, as workers.batching does), so the
-caller gets an answer and an existing result is never overwritten.
+id is usable, an error envelope is stored under it like a result
+(:func:`workers.results.store_once`: ``SET NX`` with ``result_ttl_s``, then
+``PUBLISH``), so the caller gets an answer and an existing result is never
+overwritten. Without one, it goes on the dead-letter list
+(``core.names.DEAD_LETTER_KEY``: reason, size, queue, time; never the body).
+Either way it leaves ``unacked`` and is not delivered again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from queue import Empty
 from typing import Any, NamedTuple
 
+import redis
 from celery import bootsteps
 from kombu.exceptions import ContentDisallowed, DecodeError
 
-from core.names import result_key
 from core.schema import Envelope
 from core.settings import Settings
-from workers import fetch
+from core.validation import MAX_TASK_ID_CHARS, nesting_exceeds, usable_task_id
+from workers import fetch, liveness, metrics
+from workers.results import StoreFailed, store_once
 
 log = logging.getLogger("tiqu.guard")
 
-#: Longest task id accepted; Celery ids are 36-char UUIDs, callers may use their own.
-MAX_TASK_ID_CHARS = 255
+#: Deepest JSON nesting of a task body; ``[args, {"text", "id"}, embed]`` is 2 or 3 deep.
+MAX_BODY_DEPTH = 32
 _GUARDED = "_tiqu_guarded"
 
 
 class Problem(NamedTuple):
-    """Why a message is refused: a stable envelope code and a message without payload data."""
+    """Why a message is refused: a stable envelope code and a message without payload data.
+
+    ``task_id`` answers a message whose id is not in its headers (protocol 1).
+    """
 
     code: str
     reason: str
+    task_id: str | None = None
 
 
 def task_id_of(message: Any) -> str | None:
     """The message's task id header when it can address a result, else ``None``."""
     headers = getattr(message, "headers", None)
-    task_id = headers.get("id") if isinstance(headers, dict) else None
-    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_TASK_ID_CHARS:
-        return None
-    try:
-        task_id.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a JSON escape cannot be a Redis key
-        return None
-    return task_id
+    return usable_task_id(headers.get("id") if isinstance(headers, dict) else None)
 
 
-def header_problem(message: Any) -> Problem | None:
-    """Check the headers Celery relies on: a task name and a usable task id (protocol 2)."""
+def header_problem(message: Any, now: datetime | None = None) -> Problem | None:
+    """Check the headers: protocol 2, a task name, a usable task id, no ETA, not expired.
+
+    tiqu does not schedule: a message with an ``eta`` (Celery's ``countdown``
+    sends one) would wait in the batch buffer holding a prefetch slot, so it
+    is refused. One whose ``expires`` has passed is answered ``expired``.
+    """
     headers = message.headers
     if not isinstance(headers, dict):
         return Problem("invalid_payload", f"headers must be a dict, got {type(headers).__name__}")
     task = headers.get("task")
+    if "task" not in headers and "id" not in headers:
+        return protocol1_problem(message)
     if not isinstance(task, str) or not task:
         return Problem("invalid_payload", "message has no 'task' header (Celery message "
                                           f"protocol 2 is required), got {type(task).__name__}")
     if task_id_of(message) is None:
         task_id = headers.get("id")
-        return Problem("invalid_payload", f"task id header must be a UTF-8 string of 1 to "
-                                          f"{MAX_TASK_ID_CHARS} chars, got "
-                                          f"{type(task_id).__name__}")
+        got = f"str of {len(task_id)}" if isinstance(task_id, str) else type(task_id).__name__
+        return Problem("invalid_task_id", f"task id header must be a UTF-8 string of 1 to "
+                                          f"{MAX_TASK_ID_CHARS} chars, got {got}")
+    return schedule_problem(headers, now or datetime.now(UTC))
+
+
+def protocol1_problem(message: Any) -> Problem:
+    """A message without ``task`` and ``id`` headers: protocol 1 (answered under the body's
+    id) or not a task message at all."""
+    try:
+        body = message.payload
+    except Exception:  # undecodable: only the reason is needed here
+        body = None
+    if isinstance(body, dict) and "task" in body:
+        return Problem("unsupported_protocol", "Celery message protocol 1 is not supported; "
+                                               "send protocol 2 (task and id in the headers)",
+                       task_id=usable_task_id(body.get("id")))
+    return Problem("invalid_payload", "message has no 'task' header (Celery message "
+                                      "protocol 2 is required)")
+
+
+def schedule_problem(headers: dict[str, Any], now: datetime) -> Problem | None:
+    """``eta_not_supported`` for any ETA, ``expired`` once ``expires`` has passed."""
+    if headers.get("eta") is not None:
+        return Problem("eta_not_supported", "tiqu runs tasks when they arrive; ETA and "
+                                            "countdown are not supported")
+    expires = headers.get("expires")
+    if expires is None:
+        return None
+    try:
+        at = datetime.fromisoformat(expires)
+    except (TypeError, ValueError):
+        return Problem("invalid_payload", "the expires header is not an ISO 8601 time "
+                                          f"({type(expires).__name__})")
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    if at <= now:
+        return Problem("expired", f"the task expired {int((now - at).total_seconds())} s "
+                                  "before a worker took it")
     return None
 
 
@@ -90,6 +137,8 @@ def _decode_problem(err: BaseException) -> Problem:
     cause = err.args[0] if err.args else None
     if isinstance(cause, UnicodeDecodeError):
         return Problem("invalid_encoding", f"message body is not UTF-8 (byte {cause.start})")
+    if isinstance(cause, RecursionError) or isinstance(err.__cause__, RecursionError):
+        return Problem("nested_too_deep", "message body is nested too deep to decode")
     name = type(cause or err).__name__
     return Problem("invalid_payload", f"message body cannot be decoded ({name})")
 
@@ -104,6 +153,8 @@ def payload_problem(message: Any, body: Any) -> Problem | None:
                        "send application/json")
     except DecodeError as err:
         return _decode_problem(err)
+    if nesting_exceeds(payload, MAX_BODY_DEPTH):
+        return Problem("nested_too_deep", f"message body is nested deeper than {MAX_BODY_DEPTH}")
     if isinstance(payload, dict) and "args" in payload:  # hybrid protocol 1/2
         args, kwargs, embed = payload.get("args"), payload.get("kwargs", {}), None
     elif isinstance(payload, (list, tuple)) and len(payload) == 3:
@@ -130,38 +181,56 @@ class Guard:
         self.delivering = False  # inside Celery's handler for one message
         self.inflight: fetch.InFlight | None = None
         self._tend: Any = None  # the timer entry that runs tend()
+        self.heartbeat: liveness.Heartbeat | None = None
 
     # --- refusing ------------------------------------------------------------
     def refuse(self, message: Any, problem: Problem) -> None:
-        """Reject ``message`` without running it and answer its task id, if any."""
-        task_id, body = task_id_of(message), getattr(message, "body", None)
+        """Reject ``message`` without running it; answer its task id, else dead-letter it.
+
+        Should Redis refuse to store the answer, the message goes back on the
+        queue unanswered (as a batch does), to be refused again later.
+        """
+        task_id = problem.task_id or task_id_of(message)
+        body = getattr(message, "body", None)
+        size = len(body) if isinstance(body, (bytes, str)) else 0
         log.warning("refused message task_id=%s code=%s content_type=%.80s body_bytes=%d: %s",
-                    task_id, problem.code, getattr(message, "content_type", None),
-                    len(body) if isinstance(body, (bytes, str)) else 0, problem.reason)
-        if task_id is not None:
-            self.store(task_id, problem)
+                    task_id, problem.code, getattr(message, "content_type", None), size,
+                    problem.reason)
+        requeue = False
+        try:
+            if task_id is not None:
+                self.answer([(task_id, problem.code, problem.reason)])
+            else:
+                self.dead_letter(message, problem.code, size)
+        except Exception as err:  # never let answering a bad message stop the worker
+            requeue = isinstance(err, (StoreFailed, redis.RedisError))  # answer it later
+            log.error("could not answer the %s refusal of task %s: %s", problem.code, task_id,
+                      type(err).__name__)
         try:
             if not message.acknowledged:
-                message.reject(requeue=False)
+                message.reject(requeue=requeue)
         except Exception as err:  # the connection may be gone; redelivery answers it later
             log.error("could not reject task %s: %s", task_id, type(err).__name__)
 
-    def store(self, task_id: str, problem: Problem) -> None:
-        """Store an error envelope under ``task_id`` unless a result is already there."""
-        env = Envelope.failure(None, problem.code, problem.reason, worker=self.hostname or None)
-        meta: dict[str, Any] = {
-            "status": "SUCCESS", "result": env.model_dump(mode="json"), "traceback": None,
-            "children": [], "date_done": datetime.now(UTC).isoformat(), "task_id": task_id,
-        }
-        key, value = result_key(task_id), json.dumps(meta, ensure_ascii=False)
-        try:
-            pipe = self.app.backend.client.pipeline(transaction=False)
-            pipe.set(key, value, ex=self.settings.result_ttl_s, nx=True)
-            pipe.publish(key, value)
+    def answer(self, refusals: list[tuple[str, str, str]]) -> None:
+        """Store an error envelope for each ``(task_id, code, reason)`` not answered yet.
+
+        Raises :class:`workers.results.StoreFailed` when Redis keeps refusing.
+        """
+        worker = self.hostname or None
+        envelopes = [(task_id, Envelope.failure(None, code, reason, worker=worker)
+                      .model_dump(mode="json")) for task_id, code, reason in refusals]
+        store_once(self.app.backend.client, envelopes, ttl_s=self.settings.result_ttl_s,
+                   retry_s=self.settings.store_retry_s)
+
+    def dead_letter(self, message: Any, reason: str, size_bytes: int) -> None:
+        """Record a refused message without a usable task id on the dead-letter list."""
+        info = getattr(message, "delivery_info", None) or {}
+        queue = info.get("routing_key") if isinstance(info, dict) else None
+        with message.channel.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            fetch.dead_letter(pipe, [fetch.dead_letter_entry(reason, size_bytes, queue)])
             pipe.execute()
-        except Exception as err:  # never let answering a bad message stop the worker
-            log.error("could not store the %s envelope for task %s: %s", problem.code, task_id,
-                      type(err).__name__)
 
     # --- Celery consumer callbacks (replace the ones that log bodies) -----------
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
@@ -270,18 +339,31 @@ class Guard:
         queues = [q.name for q in getattr(c.task_consumer, "queues", None) or []]
         if self.channel is None or len(queues) != 1:
             return
-        interval_s = max(1, min(5, self.settings.visibility_timeout_s // 4))
-        self.inflight = fetch.InFlight(queues[0], c.hostname, ttl_s=5 * interval_s)
+        timing = liveness.Timing(self.settings.dead_worker_s, self.settings.visibility_timeout_s)
+        self.inflight = fetch.InFlight(queues[0], c.hostname, ttl_s=timing.alive_ttl_s,
+                                       held_ttl_s=timing.held_ttl_s,
+                                       max_message_bytes=self.settings.max_message_bytes,
+                                       answer=self.answer)
         self.channel._tiqu_inflight = self.inflight
         with self.channel.conn_or_acquire() as client:
+            # A node starting under the name of one that died holds nothing yet:
+            # what the dead one held goes back now, not when its key expires.
+            liveness.release(client, c.hostname, self.restore)
             fetch.register(client, self.inflight)
-        self._tend = c.timer.call_repeatedly(interval_s, self.tend)
+        self.heartbeat = liveness.Heartbeat(
+            metrics.redis_for(self.settings), c.hostname, self.inflight.alive_key,
+            self.channel.qos.unacked_key, timing)
+        self.heartbeat.start()
+        self._tend = c.timer.call_repeatedly(timing.sweep_s, self.tend)
 
     def stop_fetch(self, shutdown: bool) -> None:
         """Stop tending; on shutdown also settle the last fetch and unregister."""
         if self._tend is not None:
             self._tend.cancel()
             self._tend = None
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
         if not shutdown or self.inflight is None or self.channel is None:
             return
         try:
@@ -291,6 +373,11 @@ class Guard:
         except Exception as err:  # Redis away: the other workers requeue after the TTL
             log.warning("could not unregister the in-flight list: %s", type(err).__name__)
 
+    def restore(self, tag: str) -> None:
+        """Put one unacknowledged message back on its queue (atomic; no-op when gone)."""
+        with self.channel.conn_or_acquire() as client:
+            self.channel.qos.restore_by_tag(tag, client=client)
+
     def tend(self) -> None:
         """Settle the pending fetch, then requeue orphaned in-flight messages."""
         if self.delivering or self.inflight is None:
@@ -298,7 +385,8 @@ class Guard:
         try:
             self.settle_pending_pop()
             with self.channel.conn_or_acquire() as client:
-                fetch.tend(client, self.inflight, idle=self.channel._in_poll is None)
+                fetch.tend(client, self.inflight, idle=self.channel._in_poll is None,
+                           restore=self.restore)
         except Exception as err:  # Redis away: the next tick tries again
             log.warning("could not tend in-flight messages: %s", type(err).__name__)
 
