@@ -95,14 +95,17 @@ def worker_env(redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]:
 
 def start_worker(name: str, env: dict[str, str], log_path: Path,
                  queues: str = "extract", ready_timeout_s: float = 120,
-                 app: str = "workers") -> WorkerProc:
-    """Start ``celery -A <app> worker`` and wait until it is consuming."""
+                 app: str = "workers", wait: bool = True) -> WorkerProc:
+    """Start ``celery -A <app> worker`` and wait until it is consuming (unless ``wait``
+    is false: a worker meant to die early is only launched)."""
     cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "solo",
            "-Q", queues, "-n", f"{name}@tests", "--loglevel", "INFO",
            "--without-mingle", "--without-gossip"]
     fh = open(log_path, "wb")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
     worker = WorkerProc(f"{name}@tests", proc, log_path, env)
+    if not wait:
+        return worker
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -15,6 +15,14 @@ status=...``) after its batch ran and before its result is stored, so a task
 whose worker died after running it but before storing shows two lines. A
 redelivered task whose result already exists is acknowledged without running
 (``already answered``); those are reported as ``skipped_redeliveries``.
+
+``--restart-redis-at S`` runs the soak on a redis-server of its own (AOF,
+``appendfsync everysec``, a free loopback port), kills it with SIGKILL ``S``
+seconds into the run and starts it again on the same files after
+``--redis-down-s``. The producer retries what it could not send; workers
+reconnect on their own. With ``everysec`` Redis may lose the last second of
+writes, so tasks sent within ``FSYNC_WINDOW_S`` before the kill are counted
+apart (``lost_in_fsync_window``) from the rest (``lost``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.redis import mask_url
 from core.settings import Settings
 
 _EXECUTED = re.compile(r"\] task (\S+) id=\S* status=")
@@ -60,6 +70,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--flush", action="store_true", help="FLUSHDB the soak's database first")
     p.add_argument("--seed", type=int, default=0, help="which worker gets killed")
     p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument("--restart-redis-at", type=float, default=None, metavar="S",
+                   help="run on a redis-server of the soak's own (AOF everysec) and "
+                        "SIGKILL it S seconds in, then start it again")
+    p.add_argument("--redis-down-s", type=float, default=2.0,
+                   help="how long Redis stays down with --restart-redis-at")
     p.set_defaults(func=run)
 
 
@@ -89,7 +104,61 @@ class Report:
     answer_delay_p50_s: float = 0.0
     answer_delay_p99_s: float = 0.0
     answer_delay_max_s: float = 0.0
+    redis_restarts: int = 0
+    lost_in_fsync_window: int = 0
+    send_retries: int = 0
     lost_ids: list[str] = field(default_factory=list)
+
+
+#: With ``appendfsync everysec`` a SIGKILLed Redis may lose this much of its
+#: last writes (one second, plus a margin for the fsync thread's lag).
+FSYNC_WINDOW_S = 2.0
+
+
+class OwnRedis:
+    """A redis-server of the soak's own: AOF every second, loopback, a free port."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ConfigError("--restart-redis-at needs redis-server on PATH")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                     str(workdir), "--save", "", "--appendonly", "yes",
+                     "--appendfsync", "everysec"]
+        self.log = workdir / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 30) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(self.argv, stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT)
+        probe = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                probe.ping()
+                return
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                time.sleep(0.05)
+        raise ConfigError(f"redis-server on port {self.port} did not start; see {self.log}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
 
 
 class Fleet:
@@ -159,14 +228,30 @@ class Tracker:
         self.start = time.monotonic()
 
     def send(self, start: int, count: int) -> None:
-        sent = self.client.submit_many([(f"s{i}", _complaint(i))
-                                        for i in range(start, start + count)])
+        """Send complaints ``start`` .. ``start + count``; while Redis is away, none
+        is counted and the caller sends the same indices again later."""
+        import redis
+
+        try:
+            sent = self.client.submit_many([(f"s{i}", _complaint(i))
+                                            for i in range(start, start + count)])
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            self.report.send_retries += 1
+            return
         now = time.monotonic()
         for i, s in enumerate(sent, start):
             self.waiting[s.task_id] = (i, now)
         self.report.sent += count
 
     def poll(self) -> None:
+        import redis
+
+        try:
+            self._poll()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            pass  # Redis restarting: the next poll sees the answers
+
+    def _poll(self) -> None:
         ids = list(self.waiting)
         for chunk in range(0, len(ids), 5000):
             part = ids[chunk:chunk + 5000]
@@ -189,14 +274,29 @@ class Tracker:
             self.report.mismatched += 1
 
 
-def _drive(args: argparse.Namespace, fleet: Fleet, tracker: Tracker) -> None:
-    """Send at the target rate, kill on schedule, poll; then drain."""
+def _drive(args: argparse.Namespace, fleet: Fleet, tracker: Tracker,
+           own: OwnRedis | None = None) -> float | None:
+    """Send at the target rate, kill on schedule, poll; then drain.
+
+    Returns when Redis was killed (seconds into the run), if it was.
+    """
     report, rng = tracker.report, random.Random(args.seed)
     start = tracker.start = time.monotonic()
     next_kill = start + args.kill_every
     next_poll = start
+    redis_killed_at = None
     while report.sent < args.tasks:
         now = time.monotonic()
+        if own is not None and redis_killed_at is None and now - start >= args.restart_redis_at:
+            redis_killed_at = now - start
+            own.kill()
+            print(f"{redis_killed_at:7.1f} s  killed redis-server (SIGKILL)", file=sys.stderr)
+            time.sleep(args.redis_down_s)
+            own.start()
+            report.redis_restarts += 1
+            print(f"{time.monotonic() - start:7.1f} s  redis-server started again",
+                  file=sys.stderr)
+            continue
         due = min(args.tasks, int((now - start) * args.rate) + 1) - report.sent
         if due > 0:
             tracker.send(report.sent, due)
@@ -218,6 +318,7 @@ def _drive(args: argparse.Namespace, fleet: Fleet, tracker: Tracker) -> None:
         time.sleep(0.5)
         tracker.poll()
     report.drain_s = round(time.monotonic() - drain_start, 1)
+    return redis_killed_at
 
 
 def _count_executions(log_dir: Path, report: Report) -> None:
@@ -240,11 +341,16 @@ def _percentile(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from producer import Client
 
+    own = None
+    if args.restart_redis_at is not None:
+        own = OwnRedis(Path(tempfile.mkdtemp(prefix="tiqu-soak-redis-")))
+        own.start()
+        settings = settings.model_copy(update={"redis_url": own.url, "result_url": None})
     client = Client.from_settings(settings)
     if args.flush:
         client.broker.flushdb()
     elif client.broker.dbsize():
-        raise ConfigError(f"the soak database {settings.redis_url} holds "
+        raise ConfigError(f"the soak database {mask_url(settings.redis_url)} holds "
                           f"{client.broker.dbsize()} keys; use a database of its own or --flush")
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="tiqu-soak-"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -252,23 +358,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     args.visibility_timeout_s)
     fleet = Fleet(settings, args, log_dir)
     tracker = Tracker(client, report)
+    killed_at = None
     try:
         for _ in range(args.workers):
             fleet.start_one()
         fleet.wait_ready(timeout_s=300)
-        _drive(args, fleet, tracker)
+        killed_at = _drive(args, fleet, tracker, own)
+        tracker.poll()
     finally:
         fleet.stop_all()
-    tracker.poll()
-    _finish(report, tracker, fleet, log_dir)
+        if own is not None:
+            own.stop()
+    _finish(report, tracker, fleet, log_dir, killed_at)
     _print(report, log_dir)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
     return 0 if report.lost == 0 and report.mismatched == 0 else 1
 
 
-def _finish(report: Report, tracker: Tracker, fleet: Fleet, log_dir: Path) -> None:
-    report.lost = report.sent - report.answered
+def _finish(report: Report, tracker: Tracker, fleet: Fleet, log_dir: Path,
+            redis_killed_at: float | None = None) -> None:
+    if redis_killed_at is not None:  # sent in the last second before the kill: may be gone
+        report.lost_in_fsync_window = sum(
+            1 for _, sent_at in tracker.waiting.values()
+            if 0 <= redis_killed_at - (sent_at - tracker.start) <= FSYNC_WINDOW_S)
+    report.lost = report.sent - report.answered - report.lost_in_fsync_window
     report.lost_ids = [f"{task_id} (s{index}, sent at {sent_at - tracker.start:.1f} s)"
                        for task_id, (index, sent_at) in sorted(tracker.waiting.items())[:20]]
     report.workers_started = fleet.started
@@ -284,6 +398,8 @@ def _print(report: Report, log_dir: Path) -> None:
             ("executions", report.executions),
             ("skipped redeliveries", report.skipped_redeliveries),
             ("kills", report.kills), ("workers started", report.workers_started),
+            ("redis restarts", report.redis_restarts),
+            ("lost in the fsync window", report.lost_in_fsync_window),
             ("send time (s)", report.send_s), ("drain time (s)", report.drain_s),
             ("answer delay p50/p99/max (s)", f"{report.answer_delay_p50_s} / "
              f"{report.answer_delay_p99_s} / {report.answer_delay_max_s}")]
