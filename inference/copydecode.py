@@ -16,11 +16,20 @@ state it leads to, the content end it reaches, and the fewest tokens needed to
 finish afterwards. A decode step gathers the rows' keys from one flat array and
 scatters a (batch, vocab) mask; tokens whose finishing cost exceeds the budget
 left are dropped, which both forces closing in time and never enters a dead end.
+
+With tracing (the default) a processor also keeps, per row, each chosen token's
+log-probability among the tokens allowed at that step (from the masked scores it
+already builds; no extra forward pass) and, when a value closes, the first
+occurrence in ``E`` the copy is consistent with. :meth:`CopyLogitsProcessor.traces`
+turns them into a :class:`FieldTrace` per field: the value's character span in
+the original text and its confidence. Tracing never changes the mask.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +38,15 @@ from transformers import LogitsProcessor
 
 from core.schema import FIELDS
 from inference import vocab
-from inference.vocab import INF, AnswerFormat, EscapedText, Outcome, RowState, TokenBytes
+from inference.vocab import (
+    INF,
+    QUOTE,
+    AnswerFormat,
+    EscapedText,
+    Outcome,
+    RowState,
+    TokenBytes,
+)
 
 LIT, COPY, DONE = vocab.LIT, vocab.COPY, vocab.DONE
 EMAIL = FIELDS.index("email")
@@ -155,9 +172,11 @@ class RequestTables:
                 if step is None:
                     return None
                 kind, val, i = step
+                done = ((st.field, int(ends[0]) - total, int(ends[0])),)  # first occurrence
                 if kind == "lit":
-                    return RowState(LIT, x=val)
-                return self.run(self.specials[val], data[i:])
+                    return RowState(LIT, x=val, closed=done)
+                nxt = self.run(self.specials[val], data[i:])
+                return None if nxt is None else replace(nxt, closed=done + nxt.closed)
             search = k + 1
 
     def _field(self, j: int, copies: tuple[np.ndarray, ...],
@@ -244,12 +263,122 @@ def _span_costs(p: np.ndarray, end: np.ndarray, is_copy: np.ndarray, fixed: np.n
     return fin
 
 
+@dataclass(frozen=True)
+class FieldTrace:
+    """Where one decoded value came from and how sure the decoder was of it.
+
+    ``span``: ``[start, end)`` character offsets into the text exactly as given,
+    so that ``text[start:end]`` is the value; None for null. Where the value
+    occurs more than once, the first occurrence the copy is consistent with (the
+    decoder keeps every occurrence alive until the value closes).
+
+    The log-probabilities are of the tokens chosen, each renormalised over the
+    tokens the constraint allowed at that step (the scores the decoder picked
+    from, the closing bias near the value cap included): ``logp_start`` of the
+    token that chose null or opened the string, ``logp_copy`` of each token
+    wholly inside the value, ``logp_close`` of the token holding the closing
+    quote (0.0 when the opening token closed it too; None for null). A token
+    spanning two fields' decisions counts for both.
+    """
+
+    span: tuple[int, int] | None
+    logp_start: float
+    logp_copy: tuple[float, ...] = ()
+    logp_close: float | None = None
+
+    @property
+    def joint(self) -> float:
+        """Product of the probabilities of every decision: shrinks with length."""
+        return _prob(self.logp_start + sum(self.logp_copy) + (self.logp_close or 0.0))
+
+    @property
+    def copy_mean(self) -> float:
+        """Geometric mean of the copied tokens' probabilities (1.0 when none)."""
+        return _prob(sum(self.logp_copy) / len(self.logp_copy)) if self.logp_copy else 1.0
+
+    @property
+    def confidence(self) -> float:
+        """``p(start) * copy_mean * p(close)``; for null, ``p(null)``.
+
+        Wrong fields come from the two boundary decisions (present or absent,
+        where the value ends), so those are kept whole; the copied tokens are
+        averaged geometrically, so that a long value is not scored lower than a
+        short one for its length alone (as :attr:`joint` is), and one threshold
+        can serve every field.
+        """
+        lp = self.logp_start + (self.logp_close or 0.0)
+        return _prob(lp) * self.copy_mean
+
+    def as_json(self) -> dict[str, Any]:
+        return {"span": list(self.span) if self.span else None, "confidence": self.confidence,
+                "joint": self.joint, "p_start": _prob(self.logp_start),
+                "copy_mean": self.copy_mean,
+                "p_close": None if self.logp_close is None else _prob(self.logp_close)}
+
+
+def spans_and_confidence(row: dict[str, FieldTrace]) -> dict[str, dict[str, Any]]:
+    """``{"spans": {field: [start, end] | None}, "confidence": {field: float}}``."""
+    return {"spans": {f: list(t.span) if t.span else None for f, t in row.items()},
+            "confidence": {f: t.confidence for f, t in row.items()}}
+
+
+def _prob(logp: float) -> float:
+    return min(1.0, max(0.0, math.exp(logp)))
+
+
+def answer_layout(fmt: AnswerFormat, data: bytes) -> list[tuple[int, int | None]] | None:
+    """Per field, where its slot starts in the answer bytes ``data`` and where
+    its closing quote is (None for null); None when ``data`` stops short."""
+    out: list[tuple[int, int | None]] = []
+    i = prev = 0
+    for j, slot in enumerate(sorted(fmt.slot_field)):
+        i += slot - prev
+        prev = fmt.slot_end[j]
+        if i >= len(data):
+            return None
+        if data[i] != QUOTE:
+            out.append((i, None))
+            i += 4
+            continue
+        q = i + 1
+        while q < len(data) and data[q] != QUOTE:
+            q += 2 if data[q] == 0x5C else 1  # a backslash escapes the next byte
+        if q >= len(data):
+            return None
+        out.append((i, q))
+        i = q + 1
+    return out
+
+
+def field_traces(fmt: AnswerFormat, pieces: list[bytes], logps: list[float],
+                 spans: dict[int, tuple[int, int]]) -> dict[str, FieldTrace] | None:
+    """Per field name, its trace from the chosen tokens' bytes and log-probabilities
+    and the values' character spans; None when the answer is incomplete."""
+    ends = np.cumsum([len(p) for p in pieces])
+    layout = answer_layout(fmt, b"".join(pieces))
+    if layout is None:
+        return None
+    out = {}
+    for j, (slot, close) in enumerate(layout):
+        first = int(np.searchsorted(ends, slot, side="right"))  # the token holding the byte
+        if close is None:
+            out[FIELDS[j]] = FieldTrace(None, logps[first])
+            continue
+        last = int(np.searchsorted(ends, close, side="right"))
+        out[FIELDS[j]] = FieldTrace(spans.get(j), logps[first], tuple(logps[first + 1:last]),
+                                    logps[last] if last != first else 0.0)
+    return out
+
+
 class CopyLogitsProcessor(LogitsProcessor):
     """Masks one batched greedy ``generate`` call; row i copies from ``texts[i]``.
 
     The first call records the prompt length; each later call first advances
     every row with the token just generated. Rows that emitted EOS may only
-    emit EOS or pad. One processor serves one ``generate`` call.
+    emit EOS or pad. One processor serves one ``generate`` call. With
+    ``trace`` it also keeps, per row, each chosen token's log-probability among
+    the allowed ones and each value's span (see :meth:`traces`); the mask is the
+    same either way.
     """
 
     def __init__(self, owner: CopyConstraint, tables: list[RequestTables],
@@ -270,7 +399,20 @@ class CopyLogitsProcessor(LogitsProcessor):
             for name in ("tok", "end", "cost_after", "out", "close"))
         self.states = [RowState(LIT, x=0) for _ in tables]
         self.prompt_len: int | None = None
-        self._last: tuple[np.ndarray, ...] | None = None
+        self._last: tuple[Any, ...] | None = None
+        self.trace = owner.trace
+        self.chosen: list[list[int]] = [[] for _ in tables]
+        self.logps: list[list[float]] = [[] for _ in tables]
+        self.spans: list[dict[int, tuple[int, int]]] = [{} for _ in tables]
+        self._stamp: np.ndarray | None = None
+
+    def traces(self) -> list[dict[str, FieldTrace] | None]:
+        """Per row (the order of ``texts``), per field name, its :class:`FieldTrace`;
+        None for a row that did not finish its answer or when not tracing."""
+        if not self.trace:
+            return [None] * len(self.states)
+        return [field_traces(self.fmt, [self.tb.tokens[t] or b"" for t in ids], lps, sp)
+                for ids, lps, sp in zip(self.chosen, self.logps, self.spans, strict=True)]
 
     def _row_keys(self, r: int, st: RowState) -> tuple[np.ndarray, np.ndarray, float]:
         """Keys of row r, the cap limit of each, and the row's closing bias."""
@@ -292,7 +434,8 @@ class CopyLogitsProcessor(LogitsProcessor):
 
     def _advance(self, chosen: list[int]) -> None:
         assert self._last is not None
-        tok, end, out, bounds = self._last
+        tok, end, out, bounds, idx, lp = self._last
+        picked: list[tuple[int, int]] = []
         for r, st in enumerate(self.states):
             if st.kind == DONE:
                 continue
@@ -301,6 +444,11 @@ class CopyLogitsProcessor(LogitsProcessor):
             if not len(hit):
                 raise RuntimeError(f"row {r}: token {chosen[r]} was not allowed")
             code = int(out[hit[0]])
+            if self.trace:
+                picked.append((r, int(hit[0])))
+                if code >= self.fmt.OPEN or (st.kind == COPY and code != -1):
+                    same = hit[out[hit] == code]
+                    self._record_spans(r, st, code, idx[same], end[same])
             if code == -1:
                 self.states[r] = RowState(COPY, field=st.field, pos=np.unique(end[hit]),
                                           copied=st.copied + int(self.tb.lengths[chosen[r]]))
@@ -310,6 +458,57 @@ class CopyLogitsProcessor(LogitsProcessor):
                 self.states[r] = RowState(DONE)
             else:
                 self.states[r] = self.tables[r].specials[code - self.fmt.OPEN]
+        if picked:
+            at = [e for _, e in picked]
+            vals = lp[at] if isinstance(lp, np.ndarray) else lp[torch.tensor(at)].tolist()
+            for (r, _), v in zip(picked, vals, strict=True):
+                self.chosen[r].append(chosen[r])
+                self.logps[r].append(float(v))
+
+    def _record_spans(self, r: int, st: RowState, code: int, idx: np.ndarray,
+                      end: np.ndarray) -> None:
+        """Spans of the values that row r's chosen token closes: its entries ``idx``
+        (global) with content ends ``end``, leaving state ``st`` with ``code``."""
+        tab, found = self.tables[r], []
+        if st.kind == COPY and code != -1:
+            assert st.pos is not None
+            local = np.searchsorted(self.indptr, idx, side="right") - 1 - self.key_base[r]
+            if local[0] < tab.cbase:  # the token starts with the closing quote
+                ends = st.pos
+                if (spans := tab.spans[st.field]) is not None:
+                    ends = ends[spans[2][ends]]
+                found.append((st.field, int(ends[0]) - st.copied, int(ends[0])))
+            else:  # copies up to the closing quote: one entry per occurrence
+                k = int(np.argmin(end))
+                p = int(local[k] - tab.cbase - st.field * tab.width)
+                found.append((st.field, p - st.copied, int(end[k])))
+        if code >= self.fmt.OPEN:
+            found += tab.specials[code - self.fmt.OPEN].closed
+        for j, a, b in found:
+            self.spans[r][j] = (tab.esc.source_offset(a), tab.esc.source_offset(b))
+
+    def _logprobs(self, masked: torch.Tensor, erow: np.ndarray, tok: np.ndarray,
+                  bounds: np.ndarray) -> Any:
+        """Log-probability of each allowed entry within its row's allowed tokens,
+        from the masked scores: numpy on CPU (only the allowed entries are read),
+        torch elsewhere (the device does the whole row)."""
+        if masked.device.type != "cpu" or masked.dtype not in (torch.float32, torch.float64):
+            rows, toks = (torch.from_numpy(a).to(masked.device) for a in (erow, tok))
+            lse = torch.logsumexp(masked.float(), dim=-1)
+            return masked[rows, toks].float() - lse[rows]
+        if not len(tok):
+            return np.zeros(0)
+        vals = masked.numpy()[erow, tok].astype(np.float64)
+        if self._stamp is None or self._stamp.shape != masked.shape:
+            self._stamp = np.empty(masked.shape, dtype=np.int64)
+        n = np.arange(len(tok))
+        self._stamp[erow, tok] = n  # a token allowed under several keys counts once
+        once = np.where(self._stamp[erow, tok] == n, vals, -np.inf)
+        lo = bounds[:-1][bounds[:-1] < bounds[1:]]
+        width = np.diff(np.append(lo, len(tok)))
+        top = np.repeat(np.maximum.reduceat(once, lo), width)
+        lse = top + np.log(np.repeat(np.add.reduceat(np.exp(once - top), lo), width))
+        return vals - lse
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
         if self.prompt_len is None:
@@ -325,11 +524,13 @@ class CopyLogitsProcessor(LogitsProcessor):
         bias[[r for r, *_ in rows]] = [b for *_, b in rows]
         erow, idx = self._gather(rows, rem)
         tok = self.tok[idx]
-        self._last = (tok, self.end[idx], self.out[idx],
-                      np.searchsorted(erow, np.arange(len(self.states) + 1)))
+        bounds = np.searchsorted(erow, np.arange(len(self.states) + 1))
         lift = bias[erow] * self.close[idx]  # favour closing as a value nears the cap
         done = [r for r, st in enumerate(self.states) if st.kind == DONE]
-        return self._apply(scores, erow, tok, lift, done)
+        masked = self._apply(scores, erow, tok, lift, done)
+        lp = self._logprobs(masked, erow, tok, bounds) if self.trace else None
+        self._last = (tok, self.end[idx], self.out[idx], bounds, idx, lp)
+        return masked
 
     def _apply(self, scores: torch.Tensor, erow: np.ndarray, tok: np.ndarray,
                lift: np.ndarray, done: list[int]) -> torch.Tensor:
@@ -377,18 +578,21 @@ class CopyConstraint:
     ``close_bias`` at the cap, so the model prefers to end long values itself.
     With ``email_spans`` the email value is ``null`` or one whole e-mail address
     of the input (:data:`inference.vocab.EMAIL_RE`, full-width ones too), never a
-    phone number, a word such as "无" or part of an address.
+    phone number, a word such as "无" or part of an address. With ``trace`` each
+    processor keeps every value's span and confidence (:class:`FieldTrace`).
     """
 
     def __init__(self, tokenizer: Any, token_bytes: TokenBytes | None = None,
                  max_value_chars: int | None = None, close_bias: float = 4.0,
-                 eos_token_id: int | None = None, email_spans: bool = False) -> None:
+                 eos_token_id: int | None = None, email_spans: bool = False,
+                 trace: bool = True) -> None:
         self.tb = token_bytes if token_bytes is not None else TokenBytes(tokenizer)
         self.eos_id = int(tokenizer.eos_token_id if eos_token_id is None else eos_token_id)
         self.pad_id = tokenizer.pad_token_id
         self.max_value_chars = max_value_chars
         self.close_bias = close_bias
         self.email_spans = email_spans
+        self.trace = trace
         self.fmt = AnswerFormat(self.tb, self.eos_id)
 
     def min_tokens(self) -> int:
@@ -411,7 +615,8 @@ class CopyConstraint:
 
 
 def bench_mask(tokenizer: Any, texts: list[str], steps: int = 64, seed: int = 0,
-               constraint: CopyConstraint | None = None) -> dict[str, float]:
+               constraint: CopyConstraint | None = None,
+               trace: bool = True) -> dict[str, float]:
     """Time the processor alone on a batch of ``texts`` with random logits.
 
     Random logits pick among the allowed tokens; inside a value, tokens holding a
@@ -421,7 +626,7 @@ def bench_mask(tokenizer: Any, texts: list[str], steps: int = 64, seed: int = 0,
     ``copy_share`` (fraction of row-steps spent inside a value).
     """
     t0 = time.perf_counter()
-    cc = constraint if constraint is not None else CopyConstraint(tokenizer)
+    cc = constraint if constraint is not None else CopyConstraint(tokenizer, trace=trace)
     setup = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(seed)
     quoted = torch.tensor([b is not None and b'"' in b for b in cc.tb.tokens])

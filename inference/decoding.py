@@ -81,6 +81,14 @@ class CopyDecoder:
         return {"logits_processor": LogitsProcessorList(
             [self.constraint.logits_processor(texts, budgets)])}
 
+    @staticmethod
+    def traces(kwargs: dict[str, Any]) -> list[Any]:
+        """After ``generate(**kwargs)`` with :meth:`generate_kwargs`'s ``kwargs``: per
+        row, in the order of ``texts``, ``{field: FieldTrace}`` (each value's span in
+        its text and its confidence; see inference.copydecode), or None for a row
+        that did not finish."""
+        return list(kwargs["logits_processor"][0].traces())
+
 
 def _as_criteria(obj: Any) -> Any:
     from transformers import StoppingCriteria

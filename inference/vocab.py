@@ -304,6 +304,30 @@ class EscapedText:
         else:
             self.lim = bounds[np.minimum(self.cidx + max(cap, 1), m)]
 
+    def source_offset(self, p: int) -> int:
+        """:func:`source_offset` with this text's tables: O(1)."""
+        if not 0 <= p <= self.n or not self.cut[p]:
+            raise ValueError(f"escaped offset {p} is not a character boundary of 0..{self.n}")
+        return int(self.cidx[p])
+
+
+def source_offset(text: str, offset: int) -> int:
+    """The character offset in ``text`` of byte ``offset`` of its escaped form.
+
+    The escaped form is ``json.dumps(text, ensure_ascii=False)[1:-1]`` as UTF-8
+    (what a value is copied from): an escape such as ``\\"``, ``\\n`` or
+    ``\\ud800`` is several bytes for one character, and so is any non-ASCII
+    character. ``offset`` must be a character boundary (0 and the end included),
+    else ``ValueError``.
+    """
+    pos = i = 0
+    while i < len(text) and pos < offset:
+        pos += len(_escape_char(text[i]))
+        i += 1
+    if pos != offset:
+        raise ValueError(f"escaped offset {offset} is not a character boundary")
+    return i
+
 
 #: Full-width ASCII folded to ASCII, one character for one (positions are kept).
 _FOLD_WIDTH = {c: chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)}
@@ -339,6 +363,10 @@ class RowState:
     field: int = 0  # COPY: which value
     pos: np.ndarray | None = None  # COPY: ends in E where the copied bytes occur
     copied: int = 0  # COPY: bytes copied into this value so far
+    #: (field, start, end) in E of values that the token leading here closed
+    #: (first occurrence); only request-specific states reached by one token
+    #: that copies, closes and goes on carry any
+    closed: tuple[tuple[int, int, int], ...] = ()
 
 
 def copy_matches(tb: TokenBytes, esc: EscapedText) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
