@@ -10,6 +10,7 @@ only, and the optional HMAC signature over a version's file sha256s.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import json
@@ -17,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import IncompatibleAdapter, ModelNotFound, TiquError
 from core.prompting import PROMPT_VERSION
@@ -33,6 +34,51 @@ class LoraSpec(BaseModel):
     dropout: float = 0.1
     target_modules: list[str] | str = "all-linear"
     layers: list[int] | None = None
+
+
+#: Most breakpoints one field's calibration map may hold (a record stays small).
+MAX_BREAKPOINTS = 256
+
+
+class CalibrationMap(BaseModel):
+    """A monotone map from a raw field confidence to P(the field is exact).
+
+    Breakpoints ``x`` (strictly increasing, in [0, 1]) and ``y`` (non-decreasing,
+    in [0, 1]); :meth:`apply` interpolates linearly between them and holds the
+    end values outside, so the result is monotone and in [0, 1].
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    x: list[float]
+    y: list[float]
+
+    @model_validator(mode="after")
+    def _check(self) -> CalibrationMap:
+        problems = []
+        if not 1 <= len(self.x) <= MAX_BREAKPOINTS or len(self.x) != len(self.y):
+            problems.append(f"x and y need 1-{MAX_BREAKPOINTS} breakpoints each, got "
+                            f"{len(self.x)} and {len(self.y)}")
+        if any(not 0.0 <= v <= 1.0 for v in (*self.x, *self.y)):
+            problems.append("every breakpoint must lie in [0, 1]")
+        if any(b <= a for a, b in zip(self.x, self.x[1:], strict=False)):
+            problems.append("x must be strictly increasing")
+        if any(b < a for a, b in zip(self.y, self.y[1:], strict=False)):
+            problems.append("y must be non-decreasing")
+        if problems:
+            raise ValueError("calibration map: " + "; ".join(problems))
+        return self
+
+    def apply(self, value: float) -> float:
+        """The calibrated probability of a raw confidence ``value``."""
+        x, y = self.x, self.y
+        if value <= x[0]:
+            return y[0]
+        if value >= x[-1]:
+            return y[-1]
+        i = bisect.bisect_right(x, value)
+        t = (value - x[i - 1]) / (x[i] - x[i - 1])
+        return y[i - 1] + t * (y[i] - y[i - 1])
 
 
 class Manifest(BaseModel):
@@ -51,6 +97,8 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="sha256 per adapter file")
+    calibration: dict[str, CalibrationMap] = Field(
+        default_factory=dict, description="per field: raw confidence -> P(field exact)")
 
     def save(self, folder: Path) -> Path:
         path = folder / MANIFEST_NAME

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 #: Field order is part of the output format: prompts, training targets and the
 #: constrained decoder all emit the keys in this order.
@@ -29,13 +29,27 @@ class ErrorInfo(BaseModel):
 
 
 class Envelope(BaseModel):
-    """One result per task, stored in the result backend."""
+    """One result per task, stored in the result backend.
+
+    With copy decoding, an ok envelope also says where each value is and how
+    sure the model was: ``spans`` (field -> ``[start, end]`` character offsets
+    into the text as sent, so ``text[start:end]`` is the value; null for a null
+    value), ``confidence`` (field -> a probability in [0, 1]; for a null field,
+    that the field is absent), ``calibrated`` (whether the adapter's calibration
+    map turned the raw scores into P(field exact)) and ``review`` (the fields
+    whose confidence is below ``review_below``). In other modes, with the echo
+    engine and in error envelopes they are empty and ``calibrated`` is false.
+    """
 
     id: str | None
     status: Literal["ok", "error"]
     result: Complaint | None = None
     error: ErrorInfo | None = None
     grounded: dict[str, bool] | None = None
+    spans: dict[str, list[int] | None] = Field(default_factory=dict)
+    confidence: dict[str, float] = Field(default_factory=dict)
+    calibrated: bool = False
+    review: list[str] = Field(default_factory=list)
     model: str | None = None
     adapter_version: str | None = None
     worker: str | None = None

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
         "address of the input."
     )
     max_text_chars: int = Field(8000, description="Longer texts get text_too_long.")
+    review_below: float = Field(
+        0.9, ge=0.0, description="copy decoding: fields whose confidence is below this are "
+        "listed in the envelope's review and on the tiqu:review set."
+    )
     max_new_tokens: int = Field(
         1024, description="Hard cap on generated tokens per complaint."
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 from core.errors import InvalidModelOutput, TiquError
 from core.prompting import render_prompt
-from core.schema import Complaint
+from core.schema import FIELDS, Complaint
 from core.settings import Settings
 from core.validation import parse_complaint
 
@@ -30,6 +30,38 @@ class Outcome:
     error: TiquError | None = None
     new_tokens: int = 0
     retried: bool = False
+    traces: dict[str, Any] | None = None  # field -> FieldTrace (copy mode)
+
+
+@dataclass
+class FieldScores:
+    """Per field: the value's span in its text, its confidence, the fields to review."""
+
+    spans: dict[str, list[int] | None] = field(default_factory=dict)
+    confidence: dict[str, float] = field(default_factory=dict)
+    calibrated: bool = False
+    review: list[str] = field(default_factory=list)
+
+
+def field_scores(outcome: Outcome, calibration: dict[str, Any] | None = None,
+                 review_below: float = 0.0) -> FieldScores:
+    """Spans and confidence of a copy-decoded outcome, through ``calibration``
+    (field -> :class:`core.manifest.CalibrationMap`) when given; empty without traces.
+
+    A field is listed for review when its confidence is below ``review_below``.
+    """
+    if outcome.complaint is None or not outcome.traces:
+        return FieldScores()
+    from inference.copydecode import spans_and_confidence
+
+    raw = spans_and_confidence(outcome.traces)
+    conf = {f: min(1.0, max(0.0, float(c))) for f, c in raw["confidence"].items()}
+    calibrated = bool(calibration)
+    if calibration:
+        conf = {f: calibration[f].apply(c) if f in calibration else c for f, c in conf.items()}
+    review = [f for f in FIELDS if f in conf and conf[f] < review_below]
+    return FieldScores(raw["spans"], {f: round(c, 6) for f, c in conf.items()}, calibrated,
+                       review)
 
 
 @dataclass
@@ -80,6 +112,8 @@ class Engine:
         self.model_id = settings.base_model
         self.base_hash = model_fingerprint(source)
         self.adapter_version: str | None = None
+        #: The serving adapter's calibration map (field -> CalibrationMap), if it has one.
+        self.calibration: dict[str, Any] = {}
         self.stats = Stats(model_load_s=time.perf_counter() - start)
         self._decoders: dict[str, Any] = {}
         #: Reuse the system turn's keys/values and prefill by length groups
@@ -95,8 +129,14 @@ class Engine:
         return next(self.model.parameters()).device
 
     # --- adapters -----------------------------------------------------------
-    def load_adapter(self, path: str, version: str) -> None:
+    def load_adapter(self, path: str, version: str,
+                     calibration: dict[str, Any] | None = None) -> None:
         """Load a peft adapter under ``version`` and make it the active one.
+
+        ``calibration`` (field -> :class:`core.manifest.CalibrationMap`) comes
+        from the adapter's manifest; when None, a ``manifest.json`` in the
+        folder or the one above it (a run folder) is read for it. It serves
+        with the adapter and goes with it.
 
         With ``settings.merge_adapter`` the active adapter is folded into the
         base weights (see :meth:`_merge`); it is unfolded first, so a failed
@@ -108,6 +148,8 @@ class Engine:
         from core.manifest import check_adapter_folder
 
         check_adapter_folder(path)  # before anything changes: a refusal keeps the old one
+        if calibration is None:
+            calibration = local_calibration(path)
         self._unmerge()
         try:
             if isinstance(self.model, PeftModel):
@@ -123,6 +165,7 @@ class Engine:
             self.model.set_adapter(version)
             self.model.eval()
             old, self.adapter_version = self.adapter_version, version
+            self.calibration = dict(calibration)
             if old and old != version:
                 self.model.delete_adapter(old)
         finally:
@@ -137,6 +180,7 @@ class Engine:
             self.model = self.model.unload()
             self.model.eval()
         self.adapter_version = None
+        self.calibration = {}
 
     def _lora_layers(self) -> list[tuple[str, Any]]:
         from peft.tuners.lora import LoraLayer
@@ -230,7 +274,8 @@ class Engine:
 
         tok = self.tokenizer
         budgets = [self.budget(t) for t in texts]
-        kwargs = self._decoder(mode).generate_kwargs(texts, budgets)
+        decoder = self._decoder(mode)
+        kwargs = decoder.generate_kwargs(texts, budgets)
         with torch.inference_mode():
             enc = self._inputs([render_prompt(tok, t) for t in texts], max(budgets))
             # A static cache is written in place; the growing one is copied whole at
@@ -243,7 +288,8 @@ class Engine:
             out = self.model.generate(**enc, generation_config=config, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]
         self.stats.batches += 1
-        return [self._outcome(row) for row in new]
+        traces = decoder.traces(kwargs) if hasattr(decoder, "traces") else [None] * len(texts)
+        return [self._outcome(row, tr) for row, tr in zip(new, traces, strict=True)]
 
     def _inputs(self, prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
         """``generate`` inputs; with several prompts, their cache comes prefilled."""
@@ -261,13 +307,32 @@ class Engine:
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def _outcome(self, row: Any) -> Outcome:
+    def _outcome(self, row: Any, traces: dict[str, Any] | None = None) -> Outcome:
         tok = self.tokenizer
         ids = [int(t) for t in row if int(t) != tok.pad_token_id]
         n = len(ids)
         self.stats.generated_tokens += n
         raw = tok.decode(ids, skip_special_tokens=True)
         try:
-            return Outcome(complaint=parse_complaint(raw), new_tokens=n)
+            return Outcome(complaint=parse_complaint(raw), new_tokens=n, traces=traces)
         except InvalidModelOutput as err:
-            return Outcome(error=err, new_tokens=n)
+            return Outcome(error=err, new_tokens=n, traces=traces)
+
+
+def local_calibration(path: str) -> dict[str, Any]:
+    """The calibration map of the manifest in adapter folder ``path`` or its parent
+    (a run folder); empty when there is none or it cannot be read."""
+    from pathlib import Path
+
+    from core.manifest import MANIFEST_NAME, Manifest
+
+    folder = Path(path)
+    for run in (folder, folder.parent):
+        if (run / MANIFEST_NAME).is_file():
+            try:
+                return dict(Manifest.load(run).calibration)
+            except (OSError, ValueError) as err:  # the weights still serve, uncalibrated
+                log.warning("adapter manifest unreadable, confidence stays raw: %s",
+                            type(err).__name__)
+                return {}
+    return {}

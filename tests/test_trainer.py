@@ -29,7 +29,7 @@ from trainer.sft import IGNORE, PadCollator, answer_loss, encode_record, encode_
 
 RUN_FILES = {
     "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-    "eval.json", "loss.png", "manifest.json",
+    "eval.json", "loss.png", "manifest.json", "risk_coverage.png",
 }
 FAST = {"batch_size": 4, "eval_every": 2, "save_every": 1, "log_every": 1, "eval_limit": 3,
         "eval_batch_size": 4, "max_len": 1024, "progress": False}
@@ -301,6 +301,11 @@ def test_two_step_run_writes_exactly_the_expected_files(run: tuple[Path, Path, M
     assert scores["overall"]["n"] == loaded.metrics["eval_rows"] == loaded.data["test"] > 0
     assert loaded.metrics["valid_json"] == scores["overall"]["valid_json"]
     assert loaded.metrics["train_loss"] > 0 and loaded.metrics["eval_loss"] > 0
+    # Copy decoding: raw confidences measured; too few rows per field for a map.
+    rows = scores["overall"]["n"]
+    assert scores["calibrated"] is False and scores["confidence"]["all"]["n"] == rows * len(FIELDS)
+    assert loaded.calibration == {}
+    assert _is_png(out / "risk_coverage.png")
 
 
 def test_eval_cli_scores_an_adapter_and_refuses_an_incompatible_one(
@@ -327,6 +332,9 @@ def test_eval_cli_scores_an_adapter_and_refuses_an_incompatible_one(
     assert wrong == round((1 - report["overall"]["field_exact"]) * 3 * len(FIELDS))
     assert report["overall"]["valid_json"] == 1.0  # copy-constrained decoding, even untrained
     assert "field" in capsys.readouterr().out
+    assert set(report["confidence"]) == {*FIELDS, "all"}
+    assert _is_png(tmp_path / "risk_coverage.png")  # next to --json
+    assert all(set(r["confidence"]) == set(FIELDS) for r in rows)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter").symlink_to(out / "adapter")
@@ -334,6 +342,27 @@ def test_eval_cli_scores_an_adapter_and_refuses_an_incompatible_one(
     engine = Engine(Settings(base_model=str(model)))
     with pytest.raises(IncompatibleAdapter, match=r"prompt version '0' != engine prompt version"):
         load_checked_adapter(engine, broken)
+
+
+def test_a_run_fits_a_calibration_map_that_its_adapter_serves_with(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference.engine import Engine
+    from trainer import calibrate
+    from trainer.evaluate import evaluate_engine, load_checked_adapter
+
+    monkeypatch.setattr(calibrate, "MIN_FIT_ROWS", 1)  # a 2-step run scores a few rows
+    config = TrainConfig(max_steps=2, layers=[-1], **FAST)
+    manifest = train(Settings(base_model=str(tiny_model)), synth_records(40, seed=3),
+                     tmp_path / "run", config)
+    assert set(manifest.calibration) == set(FIELDS)
+    assert Manifest.load(tmp_path / "run").calibration == manifest.calibration
+    engine = Engine(Settings(base_model=str(tiny_model)))
+    load_checked_adapter(engine, tmp_path / "run")
+    assert engine.calibration == manifest.calibration
+    records = synth_records(2, seed=5)
+    report = evaluate_engine(engine, records, "copy", 2, progress=False)
+    assert report["calibrated"] is True and report["confidence"]["all"]["n"] == 2 * len(FIELDS)
 
 
 def test_bad_rows_give_a_data_error_and_write_nothing(

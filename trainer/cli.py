@@ -83,6 +83,8 @@ def _eval_parser(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="score only the first N rows")
     p.add_argument("--batch-size", type=int, help="default: TIQU_BATCH_SIZE")
     p.add_argument("--json", type=Path, help="also write the full report here")
+    p.add_argument("--plot", type=Path, help="risk-coverage PNG (copy decoding); default: "
+                   "risk_coverage.png next to --json")
     p.add_argument("--predictions", type=Path,
                    help="write each row's text, gold, prediction and wrong fields (JSONL)")
     p.add_argument("--min-tag-rows", type=int, default=5, help="hide tags with fewer rows")
@@ -209,6 +211,7 @@ def submit(args: argparse.Namespace, settings: Settings, config: Any) -> int:
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     from inference.engine import Engine
+    from trainer.calibrate import format_confidence, plot_risk_coverage
     from trainer.data import load_records
     from trainer.evaluate import evaluate_engine, format_table, load_checked_adapter
 
@@ -220,11 +223,18 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     mode = args.decoding or settings.decoding
     batch = args.batch_size or settings.batch_size
     rows: list[dict[str, Any]] | None = [] if args.predictions else None
+    pairs: dict[str, list[tuple[float, bool]]] = {}
     report = evaluate_engine(engine, records, mode, batch, progress=not args.no_progress,
-                             predictions=rows)
+                             predictions=rows, pairs=pairs)
     report.update(data=str(args.data), base_model=settings.base_model,
                   adapter=str(adapter) if adapter else None)
     print(format_table(report, min_rows=args.min_tag_rows))
+    plot = args.plot or (args.json.parent / "risk_coverage.png" if args.json else None)
+    if "confidence" in report:
+        print(format_confidence(report["confidence"]))
+        print("confidence " + ("calibrated" if report["calibrated"] else "raw"))
+        if plot is not None:
+            report["risk_coverage_png"] = str(plot_risk_coverage(pairs, plot))
     print(f"{len(records)} rows, decoding {mode}, {report['eval_s']} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

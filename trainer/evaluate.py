@@ -11,6 +11,12 @@ prediction is a strict part of the gold: a prefix, an inner part or a suffix)
 and ``cut_at_quote`` (the gold holds a ``"`` and the prediction is the gold up
 to just before one; such a row is also cut short). The tags in
 :data:`FOCUS_TAGS` are reported on their own as well (``focus``).
+
+With copy decoding every field also has a confidence (the one workers put in
+envelopes, through the adapter's calibration map when it has one), and the
+report's ``confidence`` section says how well it ranks and predicts exact
+fields (trainer.calibrate): risk-coverage, ECE and Brier, per field and over
+all. A row with no answer counts each field at confidence 0, not exact.
 """
 
 from __future__ import annotations
@@ -138,36 +144,74 @@ def score(preds: Sequence[Complaint | None], records: Sequence[Record]) -> dict[
 
 
 def predict(
-    engine: Any, texts: Sequence[str], mode: str, batch_size: int, progress: bool = True
+    engine: Any, texts: Sequence[str], mode: str, batch_size: int, progress: bool = True,
+    confidence: list[dict[str, float]] | None = None,
 ) -> list[Complaint | None]:
-    """One prediction per text (``None`` when invalid), batch by batch, with a progress bar."""
+    """One prediction per text (``None`` when invalid), batch by batch, with a progress bar.
+
+    ``confidence``, when given, receives per text its fields' confidence as
+    workers report it (empty outside copy decoding).
+    """
     from tqdm import tqdm
 
+    from inference.engine import field_scores
+
+    calibration = getattr(engine, "calibration", None)
     out: list[Complaint | None] = []
     with tqdm(total=len(texts), unit="row", desc=f"eval ({mode})", disable=not progress) as bar:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start:start + batch_size])
-            out += [o.complaint for o in engine.extract_batch(chunk, mode)]
+            outcomes = engine.extract_batch(chunk, mode)
+            out += [o.complaint for o in outcomes]
+            if confidence is not None:
+                confidence += [field_scores(o, calibration).confidence for o in outcomes]
             bar.update(len(chunk))
     return out
+
+
+def scored_fields(preds: Sequence[Complaint | None], confidence: Sequence[dict[str, float]],
+                  records: Sequence[Record]) -> dict[str, list[tuple[float, bool]]]:
+    """Per field, ``(confidence, exact)`` of every row; empty when no row has a
+    confidence (not copy decoding)."""
+    if not any(confidence):
+        return {}
+    pairs: dict[str, list[tuple[float, bool]]] = {f: [] for f in FIELDS}
+    for pred, conf, record in zip(preds, confidence, records, strict=True):
+        for f in FIELDS:
+            hit = pred is not None and same(getattr(pred, f), record.gold[f])
+            pairs[f].append((float(conf.get(f, 0.0)), hit))
+    return pairs
 
 
 def evaluate_engine(
     engine: Any, records: Sequence[Record], mode: str, batch_size: int, progress: bool = True,
     predictions: list[dict[str, Any]] | None = None,
+    pairs: dict[str, list[tuple[float, bool]]] | None = None,
 ) -> dict[str, Any]:
     """Run the engine over ``records`` and score it; adds mode, timing and adapter version.
 
     ``predictions``, when given, receives one row per record: text, tags, gold,
-    prediction and the fields it got wrong (after normalisation).
+    prediction, confidence and the fields it got wrong (after normalisation).
+    ``pairs``, when given, receives per field ``(confidence, exact)`` of every
+    row (copy decoding only), as the ``confidence`` section measures them.
     """
+    from trainer.calibrate import confidence_report
+
     start = time.perf_counter()
-    preds = predict(engine, [r.text for r in records], mode, batch_size, progress)
+    conf: list[dict[str, float]] = []
+    preds = predict(engine, [r.text for r in records], mode, batch_size, progress, conf)
     elapsed_s = time.perf_counter() - start
     report = score(preds, records)
+    scored = scored_fields(preds, conf, records)
+    if scored:
+        report["confidence"] = confidence_report(scored)
+    if pairs is not None:
+        pairs.update(scored)
     if predictions is not None:
-        predictions.extend(prediction_row(r, p) for r, p in zip(records, preds, strict=True))
+        predictions.extend(prediction_row(r, p, c)
+                           for r, p, c in zip(records, preds, conf, strict=True))
     report.update(
+        calibrated=bool(getattr(engine, "calibration", None)),
         decoding=mode,
         adapter_version=getattr(engine, "adapter_version", None),
         eval_s=round(elapsed_s, 2),
@@ -176,26 +220,29 @@ def evaluate_engine(
     return report
 
 
-def prediction_row(record: Record, pred: Complaint | None) -> dict[str, Any]:
-    """One record's gold and prediction, for reading errors."""
+def prediction_row(record: Record, pred: Complaint | None,
+                   confidence: dict[str, float] | None = None) -> dict[str, Any]:
+    """One record's gold, prediction and confidence, for reading errors."""
     got = pred.model_dump() if pred is not None else None
     wrong = list(FIELDS) if got is None else [
         k for k in FIELDS if not same(got[k], record.gold[k])]
     return {"text": record.text, "tags": list(record.tags), "gold": dict(record.gold),
-            "pred": got, "wrong": wrong}
+            "pred": got, "confidence": confidence or {}, "wrong": wrong}
 
 
 def evaluate_model(settings: Any, model: Any, tok: Any, records: Sequence[Record], mode: str,
-                   batch_size: int, version: str | None = None, progress: bool = True
+                   batch_size: int, version: str | None = None, progress: bool = True,
+                   pairs: dict[str, list[tuple[float, bool]]] | None = None,
                    ) -> dict[str, Any]:
-    """Score an in-memory model (e.g. one just trained) through the serving engine."""
+    """Score an in-memory model (e.g. one just trained) through the serving engine;
+    its confidences are raw (no calibration map). ``pairs``: see :func:`evaluate_engine`."""
     from inference.engine import Engine
 
     model.eval()
     tok.padding_side = "left"  # generation pads on the left, as the engine's loader does
     engine = Engine(settings.model_copy(update={"adapter": None}), model=model, tokenizer=tok)
     engine.adapter_version = version
-    return evaluate_engine(engine, records, mode, batch_size, progress)
+    return evaluate_engine(engine, records, mode, batch_size, progress, pairs=pairs)
 
 
 def adapter_folder(path: Path) -> Path:
@@ -217,7 +264,7 @@ def load_checked_adapter(engine: Any, path: Path) -> str:
     folder = adapter_folder(path)
     run = folder.parent if folder != path else path
     if not (run / "manifest.json").exists():
-        engine.load_adapter(str(folder), version="local")
+        engine.load_adapter(str(folder), version="local", calibration={})
         return "local"
     manifest = Manifest.load(run)
     checks = (
@@ -228,7 +275,8 @@ def load_checked_adapter(engine: Any, path: Path) -> str:
     for what, theirs, ours in checks:
         if theirs != ours:
             raise IncompatibleAdapter(f"adapter {what} {theirs!r} != engine {what} {ours!r}")
-    engine.load_adapter(str(folder), version=manifest.version)
+    engine.load_adapter(str(folder), version=manifest.version,
+                        calibration=manifest.calibration)
     return manifest.version
 
 

@@ -3,10 +3,17 @@
 A run folder ``DIR`` ends up holding exactly:
 
 - ``adapter/``: the peft files (``adapter_config.json``, ``adapter_model.safetensors``);
-- ``eval.json``: scores of the trained adapter on the held-out test split;
+- ``eval.json``: scores of the trained adapter on the held-out test split
+  (with copy decoding, the raw field confidences' risk-coverage and
+  calibration too);
 - ``loss.png``: train and eval loss against the step;
+- ``risk_coverage.png``: precision against coverage of the raw confidences
+  (copy decoding only);
 - ``manifest.json``: a :class:`core.manifest.Manifest`, written last, so its
-  presence marks a finished run.
+  presence marks a finished run. Its ``calibration`` holds, per field with
+  enough scored rows, the isotonic map from raw confidence to P(field exact)
+  fitted on the same rows (trainer.calibrate); workers serving the adapter
+  apply it.
 
 While training, ``DIR/checkpoints/`` holds resumable checkpoints; they are
 removed when the run finishes unless ``keep_checkpoints`` is set. Heavy
@@ -298,19 +305,26 @@ def finish_checkpoints(out_dir: Path, keep: bool) -> None:
 
 
 def write_outputs(settings: Settings, model: Any, tok: Any, trainer: Any, rows: list[Record],
-                  config: TrainConfig, out_dir: Path, version: str) -> dict[str, Any]:
-    """``adapter/``, ``eval.json`` (scores of ``rows``) and ``loss.png``; returns the scores."""
+                  config: TrainConfig, out_dir: Path, version: str
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``adapter/``, ``eval.json`` (scores of ``rows``), ``loss.png`` and, with copy
+    decoding, ``risk_coverage.png``; returns the scores and the calibration maps
+    fitted on the rows' field confidences."""
+    from trainer.calibrate import fit_fields, plot_risk_coverage
     from trainer.evaluate import evaluate_model
     from trainer.plots import plot_loss
 
     adapter = out_dir / ADAPTER_DIRNAME
     model.save_pretrained(adapter)
     (adapter / "README.md").unlink(missing_ok=True)  # peft's boilerplate model card
+    pairs: dict[str, list[tuple[float, bool]]] = {}
     scores = evaluate_model(settings, model, tok, rows, config.decoding, config.eval_batch_size,
-                            version, config.progress) if rows else {}
+                            version, config.progress, pairs=pairs) if rows else {}
     (out_dir / "eval.json").write_text(json.dumps(scores, ensure_ascii=False, indent=1))
     plot_loss(trainer.state.log_history, out_dir / "loss.png", title=f"LoRA {version}")
-    return scores
+    if pairs:
+        plot_risk_coverage(pairs, out_dir / "risk_coverage.png", title=f"LoRA {version} (raw)")
+    return scores, fit_fields(pairs)
 
 
 def last_checkpoint_step(ckpt_dir: Path) -> int:
@@ -363,7 +377,8 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
     steps, history = trainer.state.global_step, trainer.state.log_history
     report({"phase": "eval", "step": steps, "total": steps, "loss": _last(history, "loss")})
     rows = (splits["test"] or splits["val"])[: config.eval_limit]
-    scores = write_outputs(settings, model, tok, trainer, rows, config, out_dir, version)
+    scores, calibration = write_outputs(settings, model, tok, trainer, rows, config, out_dir,
+                                        version)
     clock.append(time.perf_counter())
     extra: dict[str, Any] = {"config": asdict(config)}  # an extra field: hyper-parameters
     if run_id is not None:
@@ -384,6 +399,7 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
                  "prefix_cache_s": round(cache.build_s, 2) if cache else None,
                  "resumed_from_step": resumed_from},
         files=hash_folder(out_dir / ADAPTER_DIRNAME),
+        calibration=calibration,
         **extra,
     )
     finish_checkpoints(out_dir, config.keep_checkpoints)

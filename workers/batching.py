@@ -26,6 +26,7 @@ Redis fault never shrinks what the worker may take once it is over.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -138,9 +139,12 @@ class ExtractBatches(Batches):
         return todo
 
     def _store(self, requests: list[Any], envelopes: list[dict[str, Any]]) -> None:
-        store_once(self.app.backend.client,
-                   [(r.id, env) for r, env in zip(requests, envelopes, strict=True)],
-                   self.result_ttl_s, retry_s=self.store_retry_s)
+        items = [(r.id, env) for r, env in zip(requests, envelopes, strict=True)]
+        won = store_once(self.app.backend.client, items, self.result_ttl_s,
+                         retry_s=self.store_retry_s)
+        flag_for_review(self.app.backend.client,
+                        [item for item, new in zip(items, won, strict=True) if new],
+                        self.result_ttl_s)
         faults.point("after_store")
 
     def _acknowledge(self, requests: list[Any]) -> None:
@@ -171,6 +175,52 @@ class ExtractBatches(Batches):
         log.critical("circuit breaker open: stopped consuming, put %d held message(s) back; "
                      "exiting with status %d", len(held), EXIT_CODE)
         worker_state.should_stop = EXIT_CODE
+
+
+#: Task ids with a field to review, scored by their lowest confidence, and the same
+#: ids scored by the Unix time they were flagged (to expire them with the results).
+REVIEW_KEY = "tiqu:review"
+REVIEW_AT_KEY = "tiqu:review:at"
+_FLAG = """
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+  redis.call('ZADD', KEYS[2], now, ARGV[i])
+end
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - ttl))
+for i = 1, #old, 500 do
+  local part = {unpack(old, i, math.min(i + 499, #old))}
+  redis.call('ZREM', KEYS[1], unpack(part))
+  redis.call('ZREM', KEYS[2], unpack(part))
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return #old
+"""
+
+
+def flag_for_review(client: Any, items: list[tuple[str, dict[str, Any]]], ttl_s: int,
+                    now_s: float | None = None) -> None:
+    """Add the task ids whose envelope lists fields to review to :data:`REVIEW_KEY`
+    (score: the lowest confidence) in one script that also drops ids flagged more
+    than ``ttl_s`` ago (their results are gone) and renews both sets' TTL.
+
+    Never raises: the answers are stored already, and a review list that missed
+    an id must not hold them back.
+    """
+    args: list[Any] = []
+    for task_id, env in items:
+        if env.get("status") == "ok" and env.get("review"):
+            conf = env.get("confidence") or {}
+            args += [task_id, min(float(conf.get(f, 0.0)) for f in env["review"])]
+    if not args:
+        return
+    now = time.time() if now_s is None else now_s
+    try:
+        client.eval(_FLAG, 2, REVIEW_KEY, REVIEW_AT_KEY, now, ttl_s, *args)
+    except Exception as err:  # logged; the answers stand
+        log.warning("flagging %d task(s) for review failed: %s", len(args) // 2,
+                    type(err).__name__)
 
 
 class Owed:

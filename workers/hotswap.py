@@ -121,7 +121,8 @@ class Swapper:
                 check_compatible(record.manifest, engine.base_hash)
                 path = self.registry.fetch(want)
                 faults.point("in_swap")  # fetched and verified, not yet serving
-                engine.load_adapter(str(path), version=want)
+                engine.load_adapter(str(path), version=want,
+                                    calibration=record.manifest.calibration)
         except Exception as err:
             self.refused, self.last_error = want or BASE, f"{label(want)}: {err}"
             log.error("adapter %s refused, still serving %s: %s", label(want), label(old), err)

@@ -50,6 +50,7 @@ QUEUE_POLL_S = 5.0
 QUEUES = (EXTRACT_QUEUE, TRAIN_QUEUE)
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 
 
 class WorkerMetrics:
@@ -80,6 +81,13 @@ class WorkerMetrics:
         self.grounded = Counter("tiqu_grounded_fields",
                                 "Non-null fields whose value occurs verbatim in the input.",
                                 ["field"], registry=r)
+        self.review = Counter("tiqu_review_fields",
+                              "Fields whose confidence was below review_below (copy decoding).",
+                              ["field"], registry=r)
+        self.confidence = Histogram("tiqu_field_confidence",
+                                    "Confidence of each field of ok answers (copy decoding; "
+                                    "calibrated when the adapter has a map).",
+                                    ["field"], buckets=CONFIDENCE_BUCKETS, registry=r)
         self.adapter = Gauge("tiqu_adapter_info", "1 for the adapter version being served.",
                              ["version"], registry=r)
         self.model_load = Gauge("tiqu_model_load_seconds", "Seconds the base model took to load.",
@@ -122,6 +130,10 @@ class WorkerMetrics:
             self.extracted.labels(field=field_name).inc()
             if is_grounded:
                 self.grounded.labels(field=field_name).inc()
+        for field_name, value in (env.get("confidence") or {}).items():
+            self.confidence.labels(field=field_name).observe(float(value))
+        for field_name in env.get("review") or ():
+            self.review.labels(field=field_name).inc()
 
     def refresh_engine(self, runtime: Any) -> None:
         """Copy the engine's counters: tokens (as a delta), load time, adapter."""

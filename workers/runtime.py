@@ -23,7 +23,7 @@ from core.errors import InvalidInput, TiquError
 from core.schema import Complaint, Envelope
 from core.settings import Settings
 from core.validation import grounding, payload_id, validate_payload
-from inference.engine import Outcome
+from inference.engine import Outcome, field_scores
 from workers import faults
 from workers.breaker import Breaker, EngineFailed
 
@@ -194,5 +194,9 @@ class Runtime:
             if raw_len is not None:
                 message = f"{message}; raw output was {raw_len} chars"
             return Envelope.failure(id_, err.code, message, **self._common(start))
+        scores = field_scores(outcome, getattr(self._engine, "calibration", None),
+                              self.settings.review_below)
         return Envelope(id=id_, status="ok", result=outcome.complaint,
-                        grounded=grounding(outcome.complaint, text), **self._common(start))
+                        grounded=grounding(outcome.complaint, text), spans=scores.spans,
+                        confidence=scores.confidence, calibrated=scores.calibrated,
+                        review=scores.review, **self._common(start))
