@@ -80,6 +80,19 @@ class Client:
         pipe.execute()
         return out
 
+    def send_tasks(self, tasks: Iterable[tuple[str, str | None, Any]]) -> None:
+        """Send ``(task_id, id, text)`` triples under task ids chosen by the caller.
+
+        A caller can record the ids before sending, so a crash mid-send loses
+        none; sending a task id twice yields one result (results are SET NX).
+        """
+        pipe = self.broker.pipeline(transaction=False)
+        for task_id, id_, text in tasks:
+            _, message = task_message(self.task_name, {"text": text, "id": id_}, self.queue,
+                                      task_id=task_id)
+            pipe.lpush(self.queue, message)
+        pipe.execute()
+
     def poll(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
         """Envelopes for finished tasks, ``None`` for those still pending."""
         if not task_ids:
