@@ -8,7 +8,8 @@ from celery import Celery
 from celery.signals import before_task_publish
 from kombu import Queue
 
-from core.names import EXTRACT_QUEUE, EXTRACT_TASK, TRAIN_QUEUE, TRAIN_TASK
+from core.errors import ConfigError
+from core.names import CORRECT_TASK, EXTRACT_QUEUE, EXTRACT_TASK, TRAIN_QUEUE, TRAIN_TASK
 from core.redis import tls_options
 from core.settings import Settings
 
@@ -51,6 +52,11 @@ def _redact_train_headers(sender: Any = None, body: Any = None, headers: Any = N
     headers["argsrepr"], headers["kwargsrepr"] = train_reprs(body[0], body[1])
 
 
+def is_sentinel(url: str) -> bool:
+    """Whether ``url`` names Redis Sentinels (``sentinel://h1:26379;sentinel://h2:26379``)."""
+    return url.startswith("sentinel://")
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration tiqu relies on (see docs/reliability.md)."""
     transport = {
@@ -87,6 +93,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             EXTRACT_TASK: {"queue": EXTRACT_QUEUE},
             TRAIN_TASK: {"queue": TRAIN_QUEUE},
+            CORRECT_TASK: {"queue": TRAIN_QUEUE},
         },
         "broker_transport_options": transport,
         "result_backend_transport_options": dict(transport),
@@ -106,11 +113,48 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         conf["broker_use_ssl"] = broker_tls
     if backend_tls:
         conf["redis_backend_use_ssl"] = backend_tls
+    # Sentinel (sentinel://h1:26379;sentinel://h2:26379): kombu and Celery's
+    # SentinelBackend ask the sentinels for this master and follow failovers.
+    if settings.sentinel_master:
+        if is_sentinel(settings.redis_url):
+            transport["master_name"] = settings.sentinel_master
+        if is_sentinel(settings.backend_url):
+            conf["result_backend_transport_options"]["master_name"] = settings.sentinel_master
     return conf
+
+
+def celery_override(module: str) -> dict[str, Any]:
+    """The Celery settings that ``module`` (``TIQU_CELERY_CONFIG``) defines.
+
+    Its public lower-case names that are not modules, functions or classes
+    (``worker_max_memory_per_child = 2_000_000``). Raises ConfigError when the
+    module cannot be imported or uses old upper-case names, which Celery
+    refuses to mix with the new ones tiqu sets: a worker must not start on
+    settings other than the ones its operator asked for.
+    """
+    import importlib
+    import inspect
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(f"celery_config module {module!r} cannot be imported: {err}") from err
+    values: dict[str, Any] = {}
+    for name, value in vars(mod).items():
+        if name.startswith("_") or inspect.ismodule(value) or callable(value):
+            continue
+        if name != name.lower():
+            raise ConfigError(f"celery_config module {module!r}: {name} is not a "
+                              "lower-case Celery setting name (worker_max_memory_per_child)")
+        values[name] = value
+    return values
 
 
 def make_celery(settings: Settings, main: str = "tiqu") -> Celery:
     """A Celery app on ``settings.redis_url``: JSON only, late acks, routed queues."""
     app = Celery(main, broker=settings.redis_url, backend=settings.backend_url)
     app.conf.update(celery_config(settings))
+    if settings.celery_config:
+        # Last, so the operator's module wins over tiqu's own values.
+        app.conf.update(celery_override(settings.celery_config))
     return app

@@ -72,4 +72,37 @@ def client_from_url(url: str, settings: Any, **kw: Any) -> redis.Redis:
     :class:`core.settings.Settings`); ``kw`` goes to ``redis.Redis.from_url``.
     """
     tls = tls_options(url, settings.redis_tls_ca, settings.redis_tls_verify)
+    if url.startswith("sentinel://"):
+        return sentinel_client(url, getattr(settings, "sentinel_master", None), **kw)
     return redis.Redis.from_url(url, **(tls or {}), **kw)
+
+
+def sentinel_client(url: str, master: str | None, **kw: Any) -> redis.Redis:
+    """A client of the master that the sentinels of ``url`` name ``master``.
+
+    ``url`` is Celery's form, ``sentinel://[:pass@]h1:26379[/db];sentinel://h2:26379``:
+    the password and database of the first entry are the master's. No
+    connection is opened here; each command asks the sentinels where the
+    master is, so a failover is followed.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    from redis.sentinel import Sentinel
+
+    from core.errors import ConfigError
+
+    if not master:
+        raise ConfigError("a sentinel:// URL needs the master's name (TIQU_SENTINEL_MASTER)")
+    parts = [urlsplit(u) for u in url.split(";") if u.strip()]
+    hosts = [(p.hostname or "localhost", p.port or 26379) for p in parts]
+    first = parts[0]
+    db = int(first.path.strip("/") or 0)
+    password = unquote(first.password) if first.password else None
+    username = unquote(first.username) if first.username else None
+    client_kw = {k: v for k, v in kw.items() if k in (
+        "socket_timeout", "socket_connect_timeout", "decode_responses", "health_check_interval",
+        "retry_on_timeout", "socket_keepalive", "max_connections")}
+    sentinel = Sentinel(hosts, socket_timeout=kw.get("socket_timeout", 5))
+    client: redis.Redis = sentinel.master_for(master, db=db, password=password, username=username,
+                                              **client_kw)
+    return client

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     redis_tls_verify: bool = Field(
         True, description="Verify the server certificate on rediss:// URLs."
     )
+    sentinel_master: str | None = Field(
+        None,
+        description="Redis Sentinel: the monitored master's name; required when "
+        "redis_url or result_url is sentinel://host:26379[;sentinel://host2:26379...].",
+    )
     visibility_timeout_s: int = Field(
         3600,
         description="Seconds before an unacknowledged task is redelivered; "
@@ -168,8 +173,21 @@ class Settings(BaseSettings):
         description="Flower basic auth as user:password[,user2:password2]; "
         "required when Flower binds a non-loopback address.",
     )
+    review_basic_auth: SecretStr | None = Field(
+        None,
+        description="tiqu review basic auth as user:password[,user2:password2]; "
+        "required when the review page binds a non-loopback address.",
+    )
     worker_name: str | None = Field(None, description="Celery node name.")
-    log_level: str = Field("INFO", description="Worker log level.")
+    log_level: str = Field(
+        "INFO", description="Worker log level (tiqu worker; the deploy files pass it to "
+        "celery --loglevel)."
+    )
+    celery_config: str | None = Field(
+        None,
+        description="Importable module whose lower-case Celery settings are applied "
+        "last, over tiqu's (for settings tiqu does not wrap).",
+    )
     fault_point: str | None = Field(
         None,
         description="Testing only: SIGKILL the worker when it reaches this named step "
@@ -197,9 +215,12 @@ class Settings(BaseSettings):
             problems.append(f"max_new_tokens must be >= 16, got {self.max_new_tokens}")
         for name in ("redis_url", "result_url"):
             url = getattr(self, name)
-            if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            if url and not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
                 problems.append(
-                    f"{name} must be a redis:// or rediss:// URL, got {mask_url(url)!r}")
+                    f"{name} must be a redis://, rediss:// or sentinel:// URL, "
+                    f"got {mask_url(url)!r}")
+            elif url and url.startswith("sentinel://") and not self.sentinel_master:
+                problems.append(f"{name} is a sentinel:// URL: set sentinel_master")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
         return self

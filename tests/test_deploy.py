@@ -87,9 +87,9 @@ def test_compose_redis_workers_per_gpu_trainer_and_flower() -> None:
         assert svc["stop_signal"] == "SIGTERM" and int(svc["stop_grace_period"][:-1]) >= 60
     assert len(set(reserved)) == len(reserved)
     train = services["train"]
-    assert train["command"][:3] == ["celery", "-A", "trainer"]
-    assert "-Q" in train["command"] and train["command"][train["command"].index("-Q") + 1] \
-        == "train"
+    assert train["command"][:2] == ["sh", "-c"]
+    assert train["command"][2].startswith("exec celery -A trainer worker ")
+    assert " -Q train " in train["command"][2]
     assert train["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     flower = services["flower"]
     assert flower["command"][:2] == ["tiqu", "flower"]
@@ -154,6 +154,70 @@ def test_systemd_units_pin_gpus_and_stop_warmly() -> None:
     assert "tiqu flower --address 127.0.0.1" in flower["ExecStart"][0]
 
 
+def _celery_worker_commands() -> dict[str, str]:
+    """Every ``celery ... worker`` command line in the deploy files, by where it is."""
+    (compose,) = _docs(DEPLOY / "compose.yaml")
+    found = {f"compose {name}": " ".join(svc["command"])
+             for name, svc in compose["services"].items()
+             if "celery" in " ".join(svc.get("command") or [])}
+    for key, obj in _k8s().items():
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            line = " ".join(_container(obj).get("command") or [])
+            if "celery" in line:
+                found[f"k8s {key[1]}"] = line
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        for line in _unit(unit).get("ExecStart", []):
+            if "celery" in line:
+                found[unit.name] = line
+    return found
+
+
+def test_every_worker_command_takes_its_log_level_from_tiqu_log_level() -> None:
+    commands = _celery_worker_commands()
+    assert {"compose train", "k8s tiqu-train", "tiqu-worker@.service",
+            "tiqu-train.service"} <= set(commands)
+    for where, line in commands.items():
+        # sh expands the variable: the command runs under sh -c, and the level is
+        # ${TIQU_LOG_LEVEL:-INFO} ($$ escapes the $ for compose and systemd).
+        assert re.search(r'--loglevel "\$\$?\{TIQU_LOG_LEVEL:-INFO\}"', line), where
+        assert "sh -c" in line or line.startswith("/bin/sh -c"), where
+    # `tiqu worker` derives --loglevel from the setting (the next test).
+    (compose,) = _docs(DEPLOY / "compose.yaml")
+    assert "--loglevel" not in " ".join(compose["services"]["worker-gpu0"]["command"])
+
+
+def test_tiqu_worker_passes_tiqu_log_level_to_celery(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import subprocess
+
+    from workers import launch
+
+    started: list[list[str]] = []
+
+    class FakeProc:
+        def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+            started.append(argv)
+
+        def wait(self) -> int:
+            return 0
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeProc)
+    monkeypatch.setattr(launch.signal, "signal", lambda *a: None)
+    args = argparse.Namespace(gpus="cpu", name=None, queues="extract,train", engine="echo",
+                              metrics_port=None, loglevel=None)
+    assert launch.run(args, Settings(log_level="WARNING")) == 0
+    assert len(started) == 2
+    for argv in started:
+        assert argv[argv.index("--loglevel") + 1] == "WARNING"
+    args.loglevel = "DEBUG"  # the flag still wins
+    started.clear()
+    launch.run(args, Settings(log_level="WARNING"))
+    assert all(a[a.index("--loglevel") + 1] == "DEBUG" for a in started)
+
+
 def test_dockerfiles_install_the_package_and_run_a_worker() -> None:
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "packages"]["find"]["include"]
@@ -164,7 +228,9 @@ def test_dockerfiles_install_the_package_and_run_a_worker() -> None:
     ):
         text = (DEPLOY / f"Dockerfile.{kind}").read_text()
         assert base in text and torch_line in text
-        assert re.search(r"pip install \.|pip install \"\.\[", text)
+        # The base install is the producer's: images need the worker's extras.
+        extras = re.search(r'pip install "\.\[([\w,]+)\]"', text)
+        assert extras and {"worker", "train", "flower"} <= set(extras.group(1).split(",")), kind
         assert text.index(torch_line) < text.index("COPY pyproject.toml")
         assert 'CMD ["tiqu", "worker"' in text and "STOPSIGNAL SIGTERM" in text
         for pkg in packages:  # every package the wheel includes is in the image

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("workers.launch", "start extraction/training workers (one per GPU)"),
     "enqueue": ("producer.cli", "enqueue complaints from a file or stdin"),
     "extract": ("producer.cli", "enqueue a file and write one envelope per line"),
+    "collect": ("producer.cli", "collect the results of an earlier enqueue --ids"),
     "data": ("trainer.cli_data", "synthesise, check and convert data sets"),
     "train": ("trainer.cli", "fine-tune a LoRA adapter (locally or on the train queue)"),
     "eval": ("trainer.cli", "score a model/adapter on a data set"),
@@ -27,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("tiqu.bench", "end-to-end throughput benchmark against the seed loop"),
     "soak": ("tiqu.soak", "run tasks while killing workers; count lost answers"),
     "flower": ("tiqu.flower", "start Flower (auth required off loopback)"),
+    "config": ("tiqu.config_cmd", "print the effective settings, secrets masked"),
+    "review": ("tiqu.review", "review flagged answers, store corrections (web page)"),
     "demo": ("tiqu.demo", "Redis + model + worker + a sample file, end to end"),
 }
 
@@ -83,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from kombu.exceptions import OperationalError
     from redis import RedisError
+
+    try:
+        from kombu.exceptions import OperationalError
+    except ImportError:  # a producer-only install has no kombu
+        OperationalError = RedisError  # type: ignore[misc,assignment]
 
     from core.errors import TiquError
     from core.settings import Settings

@@ -1,11 +1,15 @@
 """``tiqu flower``: Flower for the tiqu app, safe by default.
 
 Flower binds 127.0.0.1 unless ``--address`` says otherwise, and refuses to
-start (exit code 2) on any other address without basic auth, because its HTTP
-API can send tasks and read results, which hold personal data. Credentials
-come from ``--basic-auth user:pass`` or ``TIQU_FLOWER_BASIC_AUTH``; they reach
-Flower through its environment (``FLOWER_BASIC_AUTH``), never its argv, so
-they do not show in ``ps``.
+start (exit code 2) on any other address without authentication, because its
+HTTP API can send tasks and read results, which hold personal data. Basic-auth
+credentials come from ``--basic-auth user:pass``, ``TIQU_FLOWER_BASIC_AUTH`` or
+Flower's own ``FLOWER_BASIC_AUTH`` (in that order); they reach Flower through
+its environment, never its argv, so they do not show in ``ps``. Flower's OAuth
+(``FLOWER_AUTH`` = the regular expression of e-mails let in, with
+``FLOWER_AUTH_PROVIDER``, ``FLOWER_OAUTH2_KEY``, ``FLOWER_OAUTH2_SECRET`` and
+``FLOWER_OAUTH2_REDIRECT_URI``) counts as authentication when all of those are
+set; they pass through to Flower unchanged.
 
 Flower runs as ``celery -A tiqu.flower flower``: the app is a plain
 ``make_celery(settings)`` (JSON, routes, result backend), without the worker
@@ -18,7 +22,9 @@ import argparse
 import functools
 import ipaddress
 import os
+import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from core.errors import ConfigError
@@ -59,27 +65,62 @@ def check_auth(auth: str) -> None:
                 f"user={user.strip()!r} and a password of {len(password)} chars")
 
 
-def flower_command(args: argparse.Namespace, settings: Settings
+#: Flower's OAuth settings (its own environment variables); all must be set.
+OAUTH_VARS = ("FLOWER_AUTH", "FLOWER_AUTH_PROVIDER", "FLOWER_OAUTH2_KEY",
+              "FLOWER_OAUTH2_SECRET", "FLOWER_OAUTH2_REDIRECT_URI")
+
+
+def oauth_configured(environ: Mapping[str, str]) -> bool:
+    """True when Flower's OAuth is fully set in ``environ``; ConfigError when it is
+    half set or ``FLOWER_AUTH`` is not a regular expression (Flower would then
+    start without it)."""
+    present = [v for v in OAUTH_VARS if environ.get(v, "").strip()]
+    if not present:
+        return False
+    missing = [v for v in OAUTH_VARS if v not in present]
+    if missing:
+        raise ConfigError(f"Flower OAuth is incomplete: {', '.join(missing)} not set")
+    try:
+        re.compile(environ["FLOWER_AUTH"])
+    except re.error as err:
+        raise ConfigError(f"FLOWER_AUTH is not a regular expression ({err})") from err
+    return True
+
+
+def flower_command(args: argparse.Namespace, settings: Settings,
+                   environ: Mapping[str, str] | None = None
                    ) -> tuple[list[str], dict[str, str]]:
-    """``(argv, env)`` of the Flower process; raises ConfigError when unsafe."""
+    """``(argv, env)`` of the Flower process; raises ConfigError when unsafe.
+
+    ``environ`` (default ``os.environ``) supplies Flower's own variables.
+    """
+    environ = os.environ if environ is None else environ
     auth = args.basic_auth or (settings.flower_basic_auth.get_secret_value()
-                               if settings.flower_basic_auth else None)
+                               if settings.flower_basic_auth else None) \
+        or environ.get("FLOWER_BASIC_AUTH") or None
+    oauth = oauth_configured(environ)
     if auth:
         check_auth(auth)
-    elif not is_loopback(args.address):
+    elif not oauth and not is_loopback(args.address):
         raise ConfigError(
             f"flower address {args.address!r} is not loopback and basic auth is not set; "
-            "pass --basic-auth user:pass or set TIQU_FLOWER_BASIC_AUTH, "
-            f"or bind {DEFAULT_ADDRESS}")
+            "pass --basic-auth user:pass or set TIQU_FLOWER_BASIC_AUTH (or Flower's "
+            f"FLOWER_BASIC_AUTH or OAuth variables), or bind {DEFAULT_ADDRESS}")
     argv = [sys.executable, "-m", "celery", "-A", "tiqu.flower", "flower",
             f"--address={args.address}", f"--port={args.port}"]
     if args.url_prefix:
         argv.append(f"--url_prefix={args.url_prefix}")
-    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    env = {k: v for k, v in environ.items() if k != "FLOWER_BASIC_AUTH"}
     env["TIQU_REDIS_URL"] = settings.redis_url
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
     return argv, env
+
+
+def _auth_kind(env: Mapping[str, str]) -> str:
+    kinds = [k for k, on in (("basic auth", "FLOWER_BASIC_AUTH" in env),
+                             ("OAuth", bool(env.get("FLOWER_AUTH")))) if on]
+    return " and ".join(kinds) or "no auth, loopback only"
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,7 +130,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tiqu flower: {err}", file=sys.stderr)
         return 2
     print(f"tiqu flower: http://{args.address}:{args.port} "
-          f"({'basic auth' if 'FLOWER_BASIC_AUTH' in env else 'no auth, loopback only'})",
+          f"({_auth_kind(env)})",
           file=sys.stderr, flush=True)
     # exec: Flower gets the signals (SIGTERM stops it) and the exit code directly.
     os.execve(argv[0], argv, env)

@@ -27,7 +27,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--engine", choices=["model", "echo"], default="model",
                    help="echo replaces the model, to measure queue overhead")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (first worker)")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", default=None,
+                   help="celery log level (default: TIQU_LOG_LEVEL, INFO)")
     p.set_defaults(func=run)
 
 
@@ -44,9 +45,9 @@ def detect_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
-def _celery_argv(app: str, queues: str, node: str, loglevel: str) -> list[str]:
+def _celery_argv(app: str, queues: str, node: str, loglevel: str | None) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "solo",
-            "-Q", queues, "-n", node, "--loglevel", loglevel,
+            "-Q", queues, "-n", node, "--loglevel", loglevel or "INFO",
             "--without-mingle", "--without-gossip"]
 
 
@@ -82,6 +83,8 @@ def worker_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str,
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.loglevel:
+        args.loglevel = settings.log_level
     procs = []
     for argv, env in worker_commands(args):
         child_env = {**os.environ, **env, "TIQU_REDIS_URL": settings.redis_url}
