@@ -1,6 +1,7 @@
 # Two commands do all the setup on a fresh machine:
 #   make demo   Redis + the default model + one worker + a sample file -> JSON
-#   make test   lint, type checks and the test suite (real Redis, real workers)
+#   make test   lint, type and import checks and the test suite (real Redis, real
+#               workers, Debian's Chromium for the review page)
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
@@ -31,8 +32,10 @@ lint: venv
 
 test: venv
 	PYTHON=$(PY) deploy/ensure-redis.sh $(TEST_REDIS_URL)
+	deploy/ensure-browser.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	TIQU_TEST_REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest -q -ra
 
 demo: redis

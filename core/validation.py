@@ -102,6 +102,15 @@ def normalize(value: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", value).split())
 
 
+def same_field(pred: str | None, gold: str | None) -> bool:
+    """Whether a predicted field counts as exact: equal after :func:`normalize` (width
+    and whitespace); null equals only null. The one meaning of "field exact" for
+    ``tiqu eval``, ``tiqu bench`` and the training run's ``eval.json``."""
+    if pred is None or gold is None:
+        return pred is None and gold is None
+    return normalize(pred) == normalize(gold)
+
+
 def grounding(result: Complaint, text: str) -> dict[str, bool]:
     """For each non-null field: does its value occur verbatim in ``text``?"""
     out = {}

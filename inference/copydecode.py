@@ -632,7 +632,8 @@ def bench_mask(tokenizer: Any, texts: list[str], steps: int = 64, seed: int = 0,
     quoted = torch.tensor([b is not None and b'"' in b for b in cc.tb.tokens])
     spent = build = share = 0.0
     builds = 0
-    proc, ids = None, torch.zeros(len(texts), 1, dtype=torch.long)
+    proc: Any = None  # built on the first step and again when every row is done
+    ids = torch.zeros(len(texts), 1, dtype=torch.long)
     for _ in range(steps):
         if proc is None or all(st.kind == DONE for st in proc.states):
             t0 = time.perf_counter()

@@ -96,7 +96,7 @@ def _convert(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
     )
     # save_pretrained refuses a GGUF-quantised config; the weights are already
@@ -175,7 +175,8 @@ def load_base(settings: Settings) -> tuple[Any, Any, str]:
     device = pick_device(settings)
     try:
         tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(settings, device))
+        dtype = pick_dtype(settings, device)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except OSError as err:
         raise ModelNotFound(
             f"could not load base model '{settings.base_model}': {err}. "

@@ -157,7 +157,8 @@ class Prefiller:
             kw["attention_mask"] = mask
             kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
         model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **kw)
-        return [(layer.keys, layer.values) for layer in cache.layers]
+        layers: list[Any] = list(cache.layers)  # full-attention layers: keys and values set
+        return [(layer.keys, layer.values) for layer in layers]
 
     def _fill(self, model: Any, prefix: Layers, suffixes: list[list[int]]) -> list[Layers]:
         """Each row's layers: prefix plus its own suffix, padding cut out."""
@@ -188,10 +189,11 @@ class Prefiller:
         ids = torch.full((len(rows), total + 1), self.pad_id, dtype=torch.long, device=device)
         mask = torch.zeros((len(rows), total + 1), dtype=torch.long, device=device)
         cache = StaticCache(config=model.config, max_cache_len=total + 1 + max_new_tokens)
-        for layer in cache.layers:
+        layers: list[Any] = list(cache.layers)  # their class is swapped just below
+        for layer in layers:
             layer.__class__ = _growing_layer_class()
             layer.seen = 0
-        for j, layer in enumerate(cache.layers):
+        for j, layer in enumerate(layers):
             k0 = kv[0][j][0]
             keys = k0.new_zeros((len(rows), k0.shape[0], total, k0.shape[2]))
             values = torch.zeros_like(keys)

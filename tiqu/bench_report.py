@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.schema import FIELDS
+from core.validation import same_field
 
 Gold = dict[str, str | None]
 SEED_MAX_LENGTH = 2500
@@ -36,10 +37,11 @@ class SeedRun:
 
 
 def field_exact(results: list[Gold | None], golds: list[Gold] | None) -> float | None:
-    """Share of the 4 x N fields equal to gold (exact strings; null = null; invalid = wrong)."""
+    """Share of the 4 x N fields equal to gold (:func:`core.validation.same_field`: width
+    and whitespace folded; null = null; invalid = wrong)."""
     if golds is None:
         return None
-    hits = sum(res is not None and res.get(k) == gold.get(k)
+    hits = sum(res is not None and same_field(res.get(k), gold.get(k))
                for res, gold in zip(results, golds, strict=True) for k in FIELDS)
     return hits / (len(FIELDS) * len(golds)) if golds else None
 

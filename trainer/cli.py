@@ -2,7 +2,8 @@
 
 ``tiqu train`` runs :func:`trainer.lora.train` here, or with ``--submit`` sends the
 same request as the ``tiqu.train`` task and follows its progress. Options left
-out keep :class:`trainer.lora.TrainConfig`'s defaults. ``tiqu eval`` scores the
+out keep :class:`trainer.config.TrainConfig`'s defaults; the options are made
+from its fields. ``tiqu eval`` scores the
 base model, or an adapter, with the serving engine on a data file.
 """
 
@@ -12,17 +13,11 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from core.settings import Settings
-
-#: CLI option -> TrainConfig field, for options that are passed through unchanged.
-PASSTHROUGH = (
-    "r", "alpha", "dropout", "lr", "epochs", "max_steps", "max_train_s", "batch_size",
-    "grad_accum", "max_len", "warmup", "eval_every", "eval_loss_rows", "save_every", "save_every_s",
-    "eval_limit", "eval_batch_size", "decoding", "dtype", "seed", "report_to",
-)
 
 
 def parse_layers(spec: str) -> list[int]:
@@ -42,33 +37,49 @@ def parse_layers(spec: str) -> list[int]:
         ) from err
 
 
+#: Options whose command-line form is not the field's own type.
+_PARSERS: dict[str, Callable[[str], Any]] = {"layers": parse_layers}
+#: Options that take one or more values; one value is passed as a string.
+_MANY = ("target_modules", "report_to")
+
+
+def _flag_kind(annotation: Any) -> tuple[Any, list[str] | None]:
+    """``(type, choices)`` of one TrainConfig field: None dropped, Literal -> choices."""
+    union = get_args(annotation) if get_origin(annotation) is not Literal else ()
+    args = [a for a in union if a is not type(None)] or [annotation]
+    if get_origin(args[0]) is Literal:
+        return str, [str(v) for v in get_args(args[0])]
+    return (args[0] if args[0] in (int, float) else str), None
+
+
+def config_options(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`TrainConfig` field, its default shown from the model.
+
+    A field ``max_steps`` is ``--max-steps``; a flag that is on by default is turned
+    off with ``--no-<name>``. Options left out are not set, so the config's own
+    defaults apply.
+    """
+    from trainer.config import TrainConfig
+
+    for name, info in TrainConfig.model_fields.items():
+        flag, default = name.replace("_", "-"), info.get_default(call_default_factory=True)
+        text = f"{info.description} (default {default})"
+        if info.annotation is bool:
+            off = default is True
+            p.add_argument(f"--no-{flag}" if off else f"--{flag}", dest=name, default=None,
+                           action="store_const", const=not off, help=text)
+        elif name in _MANY:
+            p.add_argument(f"--{flag}", nargs="+", help=text)
+        else:
+            kind, choices = _flag_kind(info.annotation)
+            p.add_argument(f"--{flag}", type=_PARSERS.get(name, kind), choices=choices, help=text)
+
+
 def _train_parser(sub: Any) -> None:
-    from dataclasses import fields
-
-    from trainer.lora import TrainConfig
-
-    defaults = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
     p = sub.add_parser("train", help="fine-tune a LoRA adapter (locally or on the train queue)")
     p.add_argument("--data", required=True, help="training data (seed, chat or gold rows)")
     p.add_argument("--out", type=Path, help="run folder (required unless --submit)")
-    for name, kind in (("r", int), ("alpha", int), ("dropout", float), ("lr", float),
-                       ("epochs", float), ("max-steps", int), ("max-train-s", float),
-                       ("batch-size", int),
-                       ("grad-accum", int), ("max-len", int), ("warmup", float),
-                       ("eval-every", int), ("eval-loss-rows", int), ("save-every", int),
-                       ("save-every-s", float),
-                       ("eval-limit", int), ("eval-batch-size", int), ("seed", int)):
-        p.add_argument(f"--{name}", type=kind, help=f"default {defaults[name.replace('-', '_')]}")
-    p.add_argument("--layers", type=parse_layers, help="LoRA only on these layers: top4, 20-23")
-    p.add_argument("--decoding", choices=["copy", "schema", "none"], help="for the final eval")
-    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], help="base weight dtype")
-    p.add_argument("--report-to", nargs="+", help="tensorboard, swanlab and/or wandb")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--no-cache-prefix", action="store_true",
-                   help="run the layers below --layers at every step, not once per row")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
-    p.add_argument("--keep-checkpoints", action="store_true")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    config_options(p)
     p.add_argument("--submit", action="store_true", help="run as the tiqu.train task")
     p.add_argument("--inline", action="store_true", help="with --submit: send rows, not a path")
     p.add_argument("--timeout-s", type=float, default=24 * 3600, help="--submit: wait this long")
@@ -107,17 +118,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def train_config(args: argparse.Namespace) -> Any:
     """The TrainConfig of the options given; the rest keep their defaults."""
-    from trainer.lora import TrainConfig
+    from trainer.config import TrainConfig
 
-    values = {k: getattr(args, k) for k in PASSTHROUGH if getattr(args, k) is not None}
-    values.update({k: True for k in ("gradient_checkpointing", "resume", "keep_checkpoints")
-                   if getattr(args, k)})
-    if args.layers is not None:
-        values["layers"] = args.layers
-    if args.no_progress:
-        values["progress"] = False
-    if args.no_cache_prefix:
-        values["cache_prefix"] = False
+    values = {k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None}
+    for name in _MANY:
+        if name in values and len(values[name]) == 1:
+            values[name] = values[name][0]
     return TrainConfig.from_dict(values)
 
 
@@ -157,11 +163,9 @@ def load_quietly(path: str | Path) -> list[Any]:
 def _request(args: argparse.Namespace, config: Any) -> dict[str, Any]:
     """The task payload. ``data`` and ``out`` go as absolute paths, which must lie below
     the worker's TIQU_TRAIN_DATA_DIR and TIQU_TRAIN_RUNS_DIR."""
-    from dataclasses import asdict
-
     from trainer.data import record_to_gold
 
-    request: dict[str, Any] = {"config": asdict(config)}
+    request: dict[str, Any] = {"config": config.to_dict()}
     if args.out is not None:
         request["out"] = str(args.out.resolve())
     path = Path(args.data)

@@ -1,4 +1,5 @@
-"""``tiqu data``: make synthetic data, check a data file, convert between formats.
+"""``tiqu data``: make synthetic data, check a data file, convert between formats,
+export the stored corrections.
 
 Every subcommand validates all rows first; on a bad file it prints every bad row
 to stderr, writes nothing and returns 1.
@@ -32,7 +33,8 @@ def _share(value: str) -> float:
 def add_parser(sub: Any) -> None:
     """Register ``data`` and its subcommands on the dispatcher's subparsers."""
     p = sub.add_parser("data", help="make, check and convert training data")
-    cmds = p.add_subparsers(dest="data_command", required=True, metavar="{synth,check,convert}")
+    cmds = p.add_subparsers(dest="data_command", required=True,
+                            metavar="{synth,check,convert,corrections}")
     synth = cmds.add_parser("synth", help="write N synthetic complaints")
     synth.add_argument("--n", type=_positive, default=1000, help="number of rows")
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
@@ -53,6 +55,9 @@ def add_parser(sub: Any) -> None:
     convert.add_argument("input", type=Path)
     convert.add_argument("-o", "--output", type=Path, required=True, help="output file")
     convert.add_argument("--format", choices=FORMATS, default="seed")
+    corrections = cmds.add_parser("corrections", help="export the stored corrections "
+                                  "(latest per id and text) as gold-format JSONL")
+    corrections.add_argument("-o", "--output", type=Path, required=True, help="output file")
     p.set_defaults(func=run)
 
 
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace, settings: Any = None) -> int:
     """Run one ``tiqu data`` subcommand; 0 on success, 1 on bad data."""
     from core.errors import DataError
 
+    if args.data_command == "corrections":
+        return _corrections(args, settings)
     handlers = {"synth": _synth, "check": _check, "convert": _convert}
     try:
         return handlers[args.data_command](args)
@@ -69,17 +76,19 @@ def run(args: argparse.Namespace, settings: Any = None) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from trainer.data import data_hash, save_records
-    from trainer.synth import synth_records
+    from pydantic import ValidationError
 
-    if args.rare_names and not args.extended:
-        print("error: --rare-names needs --extended", file=sys.stderr)
+    from trainer.data import data_hash, save_records
+    from trainer.synth import SynthConfig, generate
+
+    try:
+        config = SynthConfig(seed=args.seed, plain=args.plain, extended=args.extended,
+                             rare_names=args.rare_names, unlabelled=args.unlabelled)
+    except ValidationError as err:
+        for problem in err.errors():
+            print(f"error: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
-    if args.unlabelled is not None and args.plain:
-        print("error: --unlabelled does not apply to --plain", file=sys.stderr)
-        return 2
-    records = synth_records(args.n, args.seed, plain=args.plain, extended=args.extended,
-                            rare_names=args.rare_names, unlabelled=args.unlabelled)
+    records = generate(args.n, config)
     save_records(records, args.output, fmt=args.format)
     print(
         f"wrote {len(records)} {args.format} rows to {args.output} "
@@ -110,4 +119,23 @@ def _convert(args: argparse.Namespace) -> int:
     records = load_records(args.input)
     save_records(records, args.output, fmt=args.format)
     print(f"converted {len(records)} rows from {args.input} to {args.output} ({args.format})")
+    return 0
+
+
+def _corrections(args: argparse.Namespace, settings: Any) -> int:
+    import json
+    import os
+
+    from core import corrections
+    from core.redis import client_from_url
+
+    found = corrections.load(client_from_url(settings.backend_url, settings))
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    # Owner-only: the rows hold complaint texts (personal data).
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+              encoding="utf-8") as fh:
+        for c in found:
+            fh.write(json.dumps(c.row(), ensure_ascii=False) + "\n")
+    tmp.replace(args.output)  # a reader never sees half a file
+    print(f"exported {len(found)} correction(s) to {args.output}")
     return 0

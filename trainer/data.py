@@ -1,8 +1,8 @@
-"""Training data: the record type, loaders and writers, splits and a synthetic generator.
+"""Training data: loaders and writers, splits, and a door to the synthetic generator.
 
-A :class:`Record` is one complaint text with its gold answer. Every non-null gold
-value must occur verbatim in the text: the model is trained to copy, never to
-rewrite. Files come in three formats, detected per row:
+A :class:`Record` (trainer.records) is one complaint text with its gold answer.
+Every non-null gold value must occur verbatim in the text: the model is trained
+to copy, never to rewrite. Files come in three formats, detected per row:
 
 - ``seed``: ``{"system", "instruction", "input", "output"}`` (the tutorial's format);
   ``output`` is the answer as a JSON string (a ```json fence is allowed) or an object;
@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +26,11 @@ from core.errors import DataError
 from core.prompting import SYSTEM_PROMPT
 from core.schema import FIELDS, answer_json
 from core.validation import normalize
+from trainer.records import Gold as Gold
+from trainer.records import Record as Record
+from trainer.records import gold_problems as gold_problems
+from trainer.records import record_problems as record_problems
 
-Gold = dict[str, str | None]
 Split = Literal["train", "val", "test"]
 FORMATS: tuple[str, ...] = ("seed", "chat", "gold")
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -36,21 +39,6 @@ _SEED_KEYS = {"system", "instruction", "input", "output", "history", "id"}
 _CHAT_KEYS = {"messages", "id"}
 _GOLD_KEYS = {"text", "gold", "tags", "id"}
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S)
-
-
-@dataclass
-class Record:
-    """One complaint text, its gold answer (keys exactly ``FIELDS``, in order) and tags."""
-
-    text: str
-    gold: Gold
-    tags: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.gold) - set(FIELDS))
-        if unknown:
-            raise DataError(f"gold has unknown keys {unknown}; expected {list(FIELDS)}")
-        self.gold = {k: self.gold.get(k) for k in FIELDS}
 
 
 def record_to_seed(r: Record) -> dict[str, str]:
@@ -68,42 +56,6 @@ def record_to_chat(r: Record) -> dict[str, Any]:
 def record_to_gold(r: Record) -> dict[str, Any]:
     """The gold-format row of a record (the only format that keeps tags)."""
     return {"text": r.text, "gold": dict(r.gold), "tags": list(r.tags)}
-
-
-# --- validation ---------------------------------------------------------------
-
-
-def gold_problems(text: Any, gold: Any) -> list[str]:
-    """Every reason why ``gold`` is not a valid, grounded answer for ``text``."""
-    if not isinstance(text, str):
-        return [f"text must be a string, got {type(text).__name__}"]
-    if not text.strip():
-        return ["text is empty"]
-    if not isinstance(gold, dict):
-        return [f"answer must be a JSON object, got {type(gold).__name__}"]
-    problems = []
-    unknown = sorted(str(k) for k in set(gold) - set(FIELDS))
-    if unknown:
-        problems.append(f"unknown keys {unknown} in answer; expected {list(FIELDS)}")
-    for key in FIELDS:
-        value = gold.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            problems.append(f"gold {key!r} must be a string or null, got {type(value).__name__}")
-        elif not value.strip():
-            problems.append(f"gold {key!r} is an empty string (use null)")
-        elif value not in text:
-            problems.append(f"gold {key!r} value {value[:40]!r} not found in text")
-    return problems
-
-
-def record_problems(r: Record) -> list[str]:
-    """Problems of a built record (same checks as the loaders, plus tag types)."""
-    problems = gold_problems(r.text, r.gold)
-    if not all(isinstance(t, str) for t in r.tags):
-        problems.append("tags must be strings")
-    return problems
 
 
 def _raise_if(problems: list[str], where: str) -> None:
@@ -372,7 +324,10 @@ def load_hard_eval() -> list[Record]:
 
 def synth_records(n: int, seed: int, plain: bool = False, extended: bool = False,
                   rare_names: bool = False, unlabelled: float | None = None) -> list[Record]:
-    """``n`` synthetic records, identical for the same arguments (see trainer.synth)."""
+    """``n`` synthetic records, identical for the same arguments (see trainer.synth).
+
+    The generator is imported here, not at the top: it builds records, so it sits
+    above this module."""
     from trainer.synth import synth_records as _synth
 
     return _synth(n, seed, plain, extended, rare_names, unlabelled)

@@ -32,6 +32,7 @@ from core.errors import IncompatibleAdapter
 from core.manifest import ADAPTER_DIRNAME, Manifest
 from core.schema import FIELDS, Complaint
 from core.validation import normalize
+from core.validation import same_field as same
 from trainer.data import Record
 
 ALL = "all"
@@ -67,13 +68,6 @@ def cut_at_quote(pred: str | None, gold: str | None) -> bool:
         return False
     p, g = normalize(pred), normalize(gold)
     return any(g[:i].rstrip() == p for i, c in enumerate(g) if c == '"' and i > 0)
-
-
-def same(pred: str | None, gold: str | None) -> bool:
-    """Exact match after normalisation; null equals only null."""
-    if pred is None or gold is None:
-        return pred is None and gold is None
-    return normalize(pred) == normalize(gold)
 
 
 @dataclass

@@ -17,8 +17,9 @@ A run folder ``DIR`` ends up holding exactly:
 
 While training, ``DIR/checkpoints/`` holds resumable checkpoints; they are
 removed when the run finishes unless ``keep_checkpoints`` is set. Heavy
-libraries are imported inside functions, so :class:`TrainConfig` can be used
-by code that never trains (the CLI's ``--submit``, the task request).
+libraries are imported inside functions; :class:`TrainConfig` lives in
+trainer.config, so code that never trains (the CLI's ``--submit``, the task
+request) need not import this module.
 """
 
 from __future__ import annotations
@@ -28,127 +29,24 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import ConfigDict
+from typing import Any
 
 from core.errors import ConfigError, DataError
-from core.manifest import ADAPTER_DIRNAME, LoraSpec, Manifest, hash_folder
+from core.manifest import ADAPTER_DIRNAME, Manifest, hash_folder
 from core.settings import Settings
+from trainer.config import Progress, TrainConfig, train_dtype
 from trainer.data import Record, data_hash, split_records
-from trainer.sft import Progress
+from trainer.sft import encode_records, fit
+
+__all__ = ["TrainConfig", "add_lora", "resolve_layers", "train", "train_dtype"]
 
 log = logging.getLogger("tiqu.train")
 
 CHECKPOINTS = "checkpoints"
 RUN_STATE = "run.json"
-REPORTERS = ("tensorboard", "swanlab", "wandb")
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one run; building it checks every field and reports all problems.
-
-    ``layers`` puts LoRA only on those decoder layers (peft ``layers_to_transform``);
-    negative numbers count from the top, so ``[-4, -3, -2, -1]`` is the top four.
-    Backward then stops at the lowest adapted layer, which makes CPU steps cheaper.
-    ``max_steps`` (when set) overrides ``epochs``; ``max_train_s`` stops training
-    after that many seconds of steps, whatever the step count. Checkpoints are written
-    every ``save_every`` steps and, with ``save_every_s``, also once that many seconds
-    have passed since the last one, so a killed run loses at most that much work.
-    ``eval_limit`` caps the test rows
-    generated for ``eval.json``; ``eval_loss_rows`` caps the validation rows of the
-    periodic eval loss.
-    """
-
-    __pydantic_config__ = ConfigDict(extra="forbid")
-
-    r: int = 8
-    alpha: int = 32
-    dropout: float = 0.1
-    target_modules: str | list[str] = "all-linear"
-    layers: list[int] | None = None
-    lr: float = 1e-4
-    epochs: float = 3.0
-    max_steps: int | None = None
-    max_train_s: float | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_len: int = 512
-    warmup: float = 0.05
-    weight_decay: float = 0.0
-    log_every: int = 5
-    eval_every: int = 50
-    eval_loss_rows: int = 64
-    save_every: int = 50
-    save_every_s: float | None = 300.0  # also checkpoint when this long has passed since the last
-    eval_limit: int | None = 200
-    eval_batch_size: int = 16
-    decoding: Literal["copy", "schema", "none"] = "copy"
-    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    gradient_checkpointing: bool = False
-    trim_logits: bool = True  # output head and loss on answer tokens only (sft.answer_loss)
-    cache_prefix: bool = True  # layers below the first LoRA layer run once per row (trainer.prefix)
-    group_by_length: bool = True
-    report_to: list[str] = field(default_factory=list)
-    seed: int = 0
-    resume: bool = False
-    keep_checkpoints: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ConfigError("invalid training config: " + "; ".join(problems))
-
-    def problems(self) -> list[str]:
-        """Every inconsistent field, each naming the field and its value."""
-        out = [f"{name} must be >= {low}, got {value}" for name, low, value in (
-            ("r", 1, self.r), ("alpha", 1, self.alpha), ("batch_size", 1, self.batch_size),
-            ("grad_accum", 1, self.grad_accum), ("max_len", 16, self.max_len),
-            ("log_every", 1, self.log_every), ("eval_every", 1, self.eval_every),
-            ("save_every", 1, self.save_every), ("eval_batch_size", 1, self.eval_batch_size),
-            ("eval_loss_rows", 0, self.eval_loss_rows),
-        ) if value < low]
-        if self.save_every_s is not None and self.save_every_s <= 0:
-            out.append(f"save_every_s must be > 0 or unset, got {self.save_every_s}")
-        if not 0 <= self.dropout < 1:
-            out.append(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0 < self.lr < 1:
-            out.append(f"lr must be in (0, 1), got {self.lr}")
-        if self.epochs <= 0 and not self.max_steps:
-            out.append(f"epochs must be > 0 when max_steps is not set, got {self.epochs}")
-        if self.max_train_s is not None and self.max_train_s <= 0:
-            out.append(f"max_train_s must be > 0 or unset, got {self.max_train_s}")
-        if self.max_steps is not None and self.max_steps < 1:
-            out.append(f"max_steps must be >= 1 or unset, got {self.max_steps}")
-        if not 0 <= self.warmup < 1:
-            out.append(f"warmup (a fraction of the steps) must be in [0, 1), got {self.warmup}")
-        if self.eval_limit is not None and self.eval_limit < 0:
-            out.append(f"eval_limit must be >= 0 or unset, got {self.eval_limit}")
-        layers = self.layers
-        if layers is not None and (not layers or len(set(layers)) != len(layers)):
-            out.append(f"layers must be a non-empty list without repeats, got {self.layers}")
-        for name in self.report_to:
-            if name not in REPORTERS:
-                out.append(f"report_to {name!r} is not one of {list(REPORTERS)}")
-            elif find_spec(name) is None:
-                out.append(f"report_to {name!r} is not installed (pip install {name})")
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """A config from plain values; unknown keys are an error, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown training options {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 def new_version() -> str:
@@ -164,22 +62,6 @@ def resolve_layers(layers: Sequence[int] | None, n_layers: int) -> list[int] | N
     if bad:
         raise ConfigError(f"layers {bad} out of range for a model with {n_layers} layers")
     return sorted(i % n_layers for i in layers)
-
-
-def train_dtype(config: TrainConfig, device: str) -> str:
-    """The base model's weight dtype; LoRA weights stay float32 (peft upcasts them)."""
-    if config.dtype != "auto":
-        return config.dtype
-    if device.startswith("cuda"):
-        import torch
-
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    # Measured (docs/training.md, docs/benchmarks.md): on a CPU without native bf16
-    # instructions (AVX2 only) bf16 matrix products run far slower than fp32, so such
-    # CPUs train in fp32; with AVX512-BF16 or AMX a bf16 base cuts a step by a quarter.
-    from inference.models import cpu_has_fast_bf16
-
-    return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
 # --- the run folder -------------------------------------------------------------
@@ -225,7 +107,8 @@ def _run_state(out_dir: Path, resuming: bool, digest: str, config: TrainConfig) 
         return str(state["version"])
     version = new_version()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"version": version, "data_hash": digest, "config": asdict(config)}))
+    state = {"version": version, "data_hash": digest, "config": config.to_dict()}
+    path.write_text(json.dumps(state))
     return version
 
 
@@ -273,8 +156,6 @@ def add_lora(model: Any, config: TrainConfig) -> tuple[Any, list[int] | None, li
 
 def encode_splits(tok: Any, splits: dict[str, list[Record]], config: TrainConfig) -> Any:
     """Encoded ``(train, val)``; raises :class:`DataError` when no training row is left."""
-    from trainer.sft import encode_records
-
     train_set = encode_records(tok, splits["train"], config.max_len)
     val_set = encode_records(tok, splits["val"][: config.eval_loss_rows], config.max_len)
     if not train_set.examples:
@@ -355,7 +236,6 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
     a resumed run records the step it resumed from as ``timings.resumed_from_step``.
     """
     from inference.models import model_fingerprint
-    from trainer.sft import fit
 
     report: Progress = on_progress or (lambda meta: None)
     clock = [time.perf_counter()]
@@ -380,7 +260,7 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
     scores, calibration = write_outputs(settings, model, tok, trainer, rows, config, out_dir,
                                         version)
     clock.append(time.perf_counter())
-    extra: dict[str, Any] = {"config": asdict(config)}  # an extra field: hyper-parameters
+    extra: dict[str, Any] = {"config": config.to_dict()}  # an extra field: hyper-parameters
     if run_id is not None:
         extra["task_id"] = run_id
     manifest = Manifest(
@@ -388,8 +268,7 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         base_model=settings.base_model,
         base_model_hash=model_fingerprint(base_source),
-        lora=LoraSpec(r=config.r, alpha=config.alpha, dropout=config.dropout,
-                      target_modules=targets, layers=layers),
+        lora=config.lora_spec(targets, layers),
         data={"hash": data_hash(records), "source": source, "rows": len(records),
               **{s: len(v) for s, v in splits.items()}, "dropped": sets[0].dropped,
               "max_len": config.max_len, "train_tokens": sets[0].tokens},

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trainer.sft import Example
+    from trainer.records import Example
 
 log = logging.getLogger(__name__)
 

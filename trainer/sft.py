@@ -17,53 +17,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.prompting import render_training
 from core.schema import answer_json
 from trainer import prefix
-from trainer.data import Record
+from trainer.config import Progress, TrainConfig, train_dtype
+from trainer.records import IGNORE, Encoded, Example, Record
 
 if TYPE_CHECKING:
-    from trainer.lora import TrainConfig
     from trainer.prefix import PrefixCache
 
+__all__ = ["IGNORE", "Encoded", "Example", "Progress", "encode_record", "encode_records"]
+
 log = logging.getLogger(__name__)
-
-#: Receives ``{"phase", "step", "total", "loss"}`` as training advances.
-Progress = Callable[[dict[str, Any]], None]
-
-#: Label value that the loss ignores (PyTorch's cross-entropy default).
-IGNORE = -100
-
-
-@dataclass
-class Example:
-    """One tokenised training row; ``labels`` has the length of ``input_ids``."""
-
-    input_ids: list[int]
-    labels: list[int]
-
-    @property
-    def prompt_len(self) -> int:
-        """Number of leading tokens the loss ignores."""
-        return next((i for i, x in enumerate(self.labels) if x != IGNORE), len(self.labels))
-
-
-@dataclass
-class Encoded:
-    """A tokenised data set: the kept examples and how many rows were dropped."""
-
-    examples: list[Example] = field(default_factory=list)
-    dropped: int = 0
-    longest: int = 0
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(e.input_ids) for e in self.examples)
 
 
 def encode_record(tokenizer: Any, record: Record) -> Example:
@@ -237,7 +206,6 @@ def training_args(config: TrainConfig, ckpt_dir: Path, device: str, has_eval: bo
     """TrainingArguments for ``config``, with resumable checkpoints in ``ckpt_dir``."""
     from transformers import TrainingArguments
 
-    from trainer.lora import train_dtype
 
     on_gpu = device.startswith("cuda")
     return TrainingArguments(
@@ -263,7 +231,7 @@ def training_args(config: TrainConfig, ckpt_dir: Path, device: str, has_eval: bo
         bf16=on_gpu and train_dtype(config, device) == "bfloat16",
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
-        report_to=config.report_to or "none",
+        report_to=config.trainer_report_to(),
         disable_tqdm=not config.progress,
         remove_unused_columns=False,
         label_names=["labels"],

@@ -29,7 +29,6 @@ import stat
 import threading
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +212,7 @@ def run_request(request: TrainRequest, settings: Settings, task_id: str,
     except DataError as err:
         raise row_numbers_only(err) from None
     resume = any((out / CHECKPOINTS).glob("checkpoint-*"))
-    config = replace(request.config, resume=True) if resume else request.config
+    config = request.config.replace(resume=True) if resume else request.config
     log.info("train task %s: %d rows, output %s%s", task_id, len(records), out,
              " (resuming)" if resume else "")
     manifest = train(settings, records, out, config, on_progress=report,
@@ -294,3 +293,33 @@ def register(app: Any, settings: Settings) -> Any:
             lease.release()
 
     return train_task
+
+
+def register_correct(app: Any, settings: Settings) -> Any:
+    """Register ``tiqu.correct``: check ``{id, text, gold}`` (:func:`core.corrections.check`)
+    and store it; returns an envelope: ``ok`` with the gold answer, its spans and the
+    stream ``entry``, or ``error`` with the problem's code (nothing stored)."""
+    from core import corrections
+    from core.errors import InvalidInput
+    from core.names import CORRECT_TASK
+    from core.redis import client_from_url
+    from core.schema import Complaint, Envelope
+    from core.validation import payload_id
+
+    # Corrections live next to the results and the review list (the result backend).
+    client = client_from_url(settings.backend_url, settings)
+
+    @app.task(name=CORRECT_TASK, bind=True)
+    def correct_task(self: Any, payload: Any) -> dict[str, Any]:
+        try:
+            correction = corrections.check(payload, "task", settings.max_text_chars)
+        except InvalidInput as err:
+            log.info("correction %s refused: %s", self.request.id, err.code)
+            return Envelope.failure(payload_id(payload), err.code, str(err)).model_dump(
+                mode="json")
+        entry = corrections.store(client, correction)
+        env = Envelope(id=correction.id, status="ok", result=Complaint(**correction.gold),
+                       spans=correction.spans)
+        return {**env.model_dump(mode="json"), "entry": entry}
+
+    return correct_task

@@ -410,8 +410,8 @@ def patch_redis_transport() -> None:
         return
     channel._brpop_start = _wrap_start(channel._brpop_start)  # type: ignore[method-assign]
     channel._brpop_read = _wrap_read(channel._brpop_read)  # type: ignore[method-assign]
-    original_deliver = kredis.Transport._deliver
-    original_append = kredis.QoS.append
+    original_deliver: Any = kredis.Transport._deliver  # kombu leaves these untyped
+    original_append: Any = kredis.QoS.append
 
     def _deliver(self: Any, message: Any, queue: str) -> Any:
         problem = envelope_problem(message)

@@ -44,8 +44,9 @@ class StoreFailed(TiquError):
 
 def meta_json(task_id: str, envelope: dict[str, Any], date_done: str | None = None) -> str:
     """Celery's result meta for ``envelope`` as stored under ``result_key(task_id)``."""
-    meta = {"status": "SUCCESS", "result": envelope, "traceback": None, "children": [],
-            "date_done": date_done or datetime.now(UTC).isoformat(), "task_id": task_id}
+    meta: dict[str, Any] = {
+        "status": "SUCCESS", "result": envelope, "traceback": None, "children": [],
+        "date_done": date_done or datetime.now(UTC).isoformat(), "task_id": task_id}
     return json.dumps(meta, ensure_ascii=False)
 
 
