@@ -23,6 +23,17 @@ seconds into the run and starts it again on the same files after
 reconnect on their own. With ``everysec`` Redis may lose the last second of
 writes, so tasks sent within ``FSYNC_WINDOW_S`` before the kill are counted
 apart (``lost_in_fsync_window``) from the rest (``lost``).
+
+``--hosts N`` runs on a namespace cluster (tiqu.cluster: Redis and N hosts,
+each in a network namespace of its own, needs root) with ``--workers``
+workers per host, and schedules host faults: ``--kill-host-at S`` SIGKILLs
+every process of the first host (a fresh worker starts there at once, under
+a new name), ``--partition-at S --partition-s D`` cuts the last host off for
+``D`` seconds, ``--restart-redis-at S`` restarts the cluster's Redis. For each
+fault the report gives the longest time a task that was waiting when it
+struck waited for its answer; it also gives the throughput (answers per second
+from the first send to the last answer) and Redis's CPU seconds (``INFO
+cpu``).
 """
 
 from __future__ import annotations
@@ -55,8 +66,9 @@ _SKIPPED = "already answered; acknowledging the duplicate"
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("soak", help="run tasks while killing workers; count lost answers")
     p.add_argument("--tasks", type=int, default=5000, help="complaints to send")
-    p.add_argument("--kill-every", type=float, default=10.0, metavar="S",
-                   help="SIGKILL a random worker every S seconds while sending")
+    p.add_argument("--kill-every", type=float, default=None, metavar="S",
+                   help="SIGKILL a random worker every S seconds while sending (default 10; "
+                        "0: never, the default with --hosts)")
     p.add_argument("--workers", type=int, default=2, help="workers kept running")
     p.add_argument("--engine", choices=["echo", "model"], default="echo")
     p.add_argument("--rate", type=float, default=50.0, help="complaints sent per second")
@@ -75,6 +87,16 @@ def add_parser(sub: Any) -> None:
                         "SIGKILL it S seconds in, then start it again")
     p.add_argument("--redis-down-s", type=float, default=2.0,
                    help="how long Redis stays down with --restart-redis-at")
+    p.add_argument("--hosts", type=int, default=0, metavar="N",
+                   help="run on a namespace cluster of N hosts (root; --workers per host)")
+    p.add_argument("--kill-host-at", type=float, default=None, metavar="S",
+                   help="with --hosts: SIGKILL every process of the first host S seconds in")
+    p.add_argument("--partition-at", type=float, default=None, metavar="S",
+                   help="with --hosts: cut the last host off S seconds in")
+    p.add_argument("--partition-s", type=float, default=30.0, metavar="D",
+                   help="with --partition-at: how long the host stays cut off")
+    p.add_argument("--dead-worker-s", type=int, default=None,
+                   help="workers' TIQU_DEAD_WORKER_S (default: the settings' value)")
     p.set_defaults(func=run)
 
 
@@ -108,6 +130,10 @@ class Report:
     lost_in_fsync_window: int = 0
     send_retries: int = 0
     lost_ids: list[str] = field(default_factory=list)
+    hosts: int = 0
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    throughput_per_s: float = 0.0
+    redis_cpu_s: float = 0.0
 
 
 #: With ``appendfsync everysec`` a SIGKILLed Redis may lose this much of its
@@ -225,6 +251,7 @@ class Tracker:
         self.report = report
         self.waiting: dict[str, tuple[int, float]] = {}  # task id -> (index, sent at)
         self.delays: list[float] = []
+        self.answered_at: list[tuple[float, float]] = []  # (sent at, answered at)
         self.start = time.monotonic()
 
     def send(self, start: int, count: int) -> None:
@@ -263,6 +290,7 @@ class Tracker:
     def _answered(self, task_id: str, env: dict[str, Any], now: float) -> None:
         index, sent_at = self.waiting.pop(task_id)
         self.delays.append(now - sent_at)
+        self.answered_at.append((sent_at, now))
         self.report.answered += 1
         if env.get("status") == "ok":
             self.report.ok += 1
@@ -274,15 +302,24 @@ class Tracker:
             self.report.mismatched += 1
 
 
-def _drive(args: argparse.Namespace, fleet: Fleet, tracker: Tracker,
-           own: OwnRedis | None = None) -> float | None:
+def _fire(schedule: list[Any], start: float) -> None:
+    for fault in schedule:
+        if fault.fired_s is None and time.monotonic() - start >= fault.at_s:
+            fault.fired_s = round(time.monotonic() - start, 1)
+            fault.action()
+            print(f"{fault.fired_s:7.1f} s  {fault.label}", file=sys.stderr)
+
+
+def _drive(args: argparse.Namespace, fleet: Any, tracker: Tracker,
+           own: OwnRedis | None = None, schedule: list[Any] | None = None) -> float | None:
     """Send at the target rate, kill on schedule, poll; then drain.
 
     Returns when Redis was killed (seconds into the run), if it was.
     """
     report, rng = tracker.report, random.Random(args.seed)
     start = tracker.start = time.monotonic()
-    next_kill = start + args.kill_every
+    schedule = schedule or []
+    next_kill = start + args.kill_every if args.kill_every > 0 else float("inf")
     next_poll = start
     redis_killed_at = None
     while report.sent < args.tasks:
@@ -297,6 +334,7 @@ def _drive(args: argparse.Namespace, fleet: Fleet, tracker: Tracker,
             print(f"{time.monotonic() - start:7.1f} s  redis-server started again",
                   file=sys.stderr)
             continue
+        _fire(schedule, start)
         due = min(args.tasks, int((now - start) * args.rate) + 1) - report.sent
         if due > 0:
             tracker.send(report.sent, due)
@@ -314,7 +352,9 @@ def _drive(args: argparse.Namespace, fleet: Fleet, tracker: Tracker,
     report.send_s = round(time.monotonic() - start, 1)
     drain_timeout_s = args.drain_timeout_s or 3 * args.visibility_timeout_s + 60
     drain_start = time.monotonic()
-    while tracker.waiting and time.monotonic() - drain_start < drain_timeout_s:
+    while ((tracker.waiting or any(f.fired_s is None for f in schedule))
+           and time.monotonic() - drain_start < drain_timeout_s):
+        _fire(schedule, start)
         time.sleep(0.5)
         tracker.poll()
     report.drain_s = round(time.monotonic() - drain_start, 1)
@@ -339,6 +379,10 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.kill_every is None:  # random worker kills: off on a cluster (host faults instead)
+        args.kill_every = 0.0 if args.hosts else 10.0
+    if args.hosts:
+        return _run_hosts(args, settings)
     from producer import Client
 
     own = None
@@ -369,6 +413,41 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         fleet.stop_all()
         if own is not None:
             own.stop()
+    return _conclude(args, report, tracker, fleet, log_dir, killed_at)
+
+
+def _run_hosts(args: argparse.Namespace, settings: Settings) -> int:
+    """The soak on a namespace cluster (tiqu.cluster), with host faults."""
+    from producer import Client
+    from tiqu.cluster import Cluster, HostFleet, fault_schedule, fault_waits
+
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="tiqu-soak-"))
+    env = {"TIQU_ENGINE": args.engine, "TIQU_BATCH_SIZE": str(args.batch_size),
+           "TIQU_VISIBILITY_TIMEOUT_S": str(args.visibility_timeout_s)}
+    if args.dead_worker_s is not None:
+        env["TIQU_DEAD_WORKER_S"] = str(args.dead_worker_s)
+    report = Report(args.tasks, args.workers, args.engine, args.rate, args.kill_every,
+                    args.visibility_timeout_s, hosts=args.hosts)
+    with Cluster(args.hosts, log_dir / "cluster") as cluster:
+        local = settings.model_copy(update={"redis_url": cluster.local_url, "result_url": None})
+        tracker = Tracker(Client.from_settings(local), report)
+        fleet = HostFleet(cluster, args.workers, env)
+        schedule = fault_schedule(args, cluster, fleet, report)
+        try:
+            fleet.start_all()
+            fleet.wait_ready(timeout_s=300)
+            _drive(args, fleet, tracker, schedule=schedule)
+            tracker.poll()
+            cpu = cluster.client().info("cpu")
+            report.redis_cpu_s = round(cpu["used_cpu_sys"] + cpu["used_cpu_user"], 1)
+        finally:
+            fleet.stop_all()
+    report.faults = fault_waits(schedule, tracker)
+    return _conclude(args, report, tracker, fleet, cluster.workdir, None)
+
+
+def _conclude(args: argparse.Namespace, report: Report, tracker: Tracker, fleet: Any,
+              log_dir: Path, killed_at: float | None) -> int:
     _finish(report, tracker, fleet, log_dir, killed_at)
     _print(report, log_dir)
     if args.json:
@@ -376,7 +455,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.lost == 0 and report.mismatched == 0 else 1
 
 
-def _finish(report: Report, tracker: Tracker, fleet: Fleet, log_dir: Path,
+def _finish(report: Report, tracker: Tracker, fleet: Any, log_dir: Path,
             redis_killed_at: float | None = None) -> None:
     if redis_killed_at is not None:  # sent in the last second before the kill: may be gone
         report.lost_in_fsync_window = sum(
@@ -389,6 +468,10 @@ def _finish(report: Report, tracker: Tracker, fleet: Fleet, log_dir: Path,
     report.answer_delay_p50_s = _percentile(tracker.delays, 0.5)
     report.answer_delay_p99_s = _percentile(tracker.delays, 0.99)
     report.answer_delay_max_s = _percentile(tracker.delays, 1.0)
+    if tracker.answered_at:
+        first_sent = min(sent for sent, _ in tracker.answered_at)
+        span_s = max(at for _, at in tracker.answered_at) - first_sent
+        report.throughput_per_s = round(report.answered / max(span_s, 1e-3), 1)
     _count_executions(log_dir, report)
 
 
@@ -405,4 +488,11 @@ def _print(report: Report, log_dir: Path) -> None:
              f"{report.answer_delay_p99_s} / {report.answer_delay_max_s}")]
     for label, value in rows:
         print(f"{label:<30} {value}")
+    if report.hosts:
+        print(f"{'hosts':<30} {report.hosts}")
+        print(f"{'throughput (tasks/s)':<30} {report.throughput_per_s}")
+        print(f"{'redis cpu (s)':<30} {report.redis_cpu_s}")
+    for fault in report.faults:
+        print(f"{fault['label'][:29]:<30} at {fault['at_s']} s: longest wait "
+              f"{fault['longest_wait_s']} s ({fault['waiting']} task(s) waiting)")
     print(f"{'worker logs':<30} {log_dir}")

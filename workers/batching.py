@@ -17,7 +17,12 @@ back on the queue unanswered:
 - a batch whose results Redis kept refusing (``StoreFailed``, after
   ``store_retry_s``): put back if Redis takes writes again, else left in
   ``unacked`` and put back by a timer as soon as Redis does;
-- any other error inside a flush.
+- any other error inside a flush;
+- a batch flushed after a shutdown was asked for (SIGTERM): the batch
+  already running finishes and is stored, the ones behind it go back
+  (:func:`stopping`);
+- results of a worker cut off from Redis longer than its liveness TTL are
+  dropped, neither stored nor acknowledged (workers.liveness.Fence).
 
 In every case the message's prefetch slot is freed in memory at once, so a
 Redis fault never shrinks what the worker may take once it is over.
@@ -33,8 +38,8 @@ from typing import Any
 from celery.worker import state as worker_state
 from celery_batches import Batches, consume_queue
 
-from core.names import result_key
-from workers import faults
+from core.names import REVIEW_AT_KEY, REVIEW_KEY, REVIEW_TEXT_PREFIX, result_key
+from workers import faults, liveness
 from workers.breaker import EXIT_CODE, EngineFailed
 from workers.results import StoreFailed, store_once
 
@@ -54,6 +59,13 @@ def payload_of(request: Any) -> Any:
     return {"args": list(args)} if args else {}
 
 
+def text_of(request: Any) -> str:
+    """The request's ``text`` when it is a string, else ``""``."""
+    payload = payload_of(request)
+    text = payload.get("text") if isinstance(payload, dict) else None
+    return text if isinstance(text, str) else ""
+
+
 class ExtractBatches(Batches):
     """Batches task whose flush stores per-task results before acking."""
 
@@ -67,7 +79,7 @@ class ExtractBatches(Batches):
         self._consumer: Any = None
         self._settle_tref: Any = None
         #: Held messages Redis refused to put back, and acks it did not record.
-        self.owed = Owed()
+        self.owed = Owed(current_qos=self._current_qos)
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Callable[..., None]:  # noqa: N802
         """celery-batches' buffering handler, which puts messages back once the breaker
@@ -90,7 +102,7 @@ class ExtractBatches(Batches):
         requests = list(requests)
         self.owed.settle()
         try:
-            if self.runtime.breaker.opened:
+            if self.runtime.breaker.opened or stopping():
                 self._put_back(requests)
             else:
                 self._run(requests)
@@ -121,6 +133,10 @@ class ExtractBatches(Batches):
                 todo = self._engine_failed(todo)
                 self._acknowledge([r for r in requests if r not in todo])
                 return
+            todo, envelopes = self._fence(todo, envelopes)
+            if not todo:
+                self._acknowledge(requests)
+                return
             try:
                 self._store(todo, envelopes)
             except StoreFailed as err:
@@ -133,6 +149,26 @@ class ExtractBatches(Batches):
                     (env.get("latency_ms") or 0) / 1000))
         self._acknowledge(requests)
 
+    def _fence(self, todo: list[Any], envelopes: list[dict[str, Any]]
+               ) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Drop what this worker may no longer answer (workers.liveness.Fence): neither
+        stored nor acknowledged; its prefetch slot is freed. Returns the rest."""
+        stale = liveness.FENCE.stale([r.message.delivery_tag for r in todo])
+        if not stale:
+            return todo, envelopes
+        kept = [(r, env) for r, env in zip(todo, envelopes, strict=True)
+                if r.message.delivery_tag not in stale]
+        for r in todo:
+            if r.message.delivery_tag in stale:
+                r.acknowledged = True  # put back by the heartbeat or by other workers
+                _free_slot(r.message)
+        return [r for r, _ in kept], [env for _, env in kept]
+
+    def _current_qos(self) -> Any:
+        """The QoS of the channel consumed now (a new one after each reconnection)."""
+        task_consumer = getattr(self._consumer, "task_consumer", None)
+        return getattr(getattr(task_consumer, "channel", None), "qos", None)
+
     def _engine_failed(self, todo: list[Any]) -> list[Any]:
         """Put a batch the engine failed as a whole back, unanswered; returns it."""
         self._put_back(todo)
@@ -144,7 +180,7 @@ class ExtractBatches(Batches):
                          retry_s=self.store_retry_s)
         flag_for_review(self.app.backend.client,
                         [item for item, new in zip(items, won, strict=True) if new],
-                        self.result_ttl_s)
+                        self.result_ttl_s, texts={r.id: text_of(r) for r in requests})
         faults.point("after_store")
 
     def _acknowledge(self, requests: list[Any]) -> None:
@@ -177,15 +213,28 @@ class ExtractBatches(Batches):
         worker_state.should_stop = EXIT_CODE
 
 
-#: Task ids with a field to review, scored by their lowest confidence, and the same
-#: ids scored by the Unix time they were flagged (to expire them with the results).
-REVIEW_KEY = "tiqu:review"
-REVIEW_AT_KEY = "tiqu:review:at"
+def stopping() -> bool:
+    """True once a shutdown was asked for (SIGTERM, SIGINT, SIGQUIT, the breaker).
+
+    A batch that starts then is put back unanswered instead of run: a drain
+    finishes the batch already running, not everything prefetched behind it,
+    so it ends within the deploy's grace period.
+    """
+    # Celery's warm shutdown sets should_stop to its exit code, 0 (EX_OK) included.
+    return any(v is not None and v is not False
+               for v in (worker_state.should_stop, worker_state.should_terminate))
+
+
+#: Flagged ids go on REVIEW_KEY (by lowest confidence) and REVIEW_AT_KEY (by time);
+#: each text goes to REVIEW_TEXT_PREFIX + id with the results' TTL, for the review page.
 _FLAG = """
-local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 3, #ARGV, 2 do
+local now, ttl, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+for i = 4, #ARGV, 3 do
   redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
   redis.call('ZADD', KEYS[2], now, ARGV[i])
+  if ARGV[i + 2] ~= '' then
+    redis.call('SET', prefix .. ARGV[i], ARGV[i + 2], 'EX', ttl)
+  end
 end
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - ttl))
 for i = 1, #old, 500 do
@@ -200,10 +249,14 @@ return #old
 
 
 def flag_for_review(client: Any, items: list[tuple[str, dict[str, Any]]], ttl_s: int,
-                    now_s: float | None = None) -> None:
+                    now_s: float | None = None, texts: dict[str, str] | None = None) -> None:
     """Add the task ids whose envelope lists fields to review to :data:`REVIEW_KEY`
     (score: the lowest confidence) in one script that also drops ids flagged more
     than ``ttl_s`` ago (their results are gone) and renews both sets' TTL.
+
+    A flagged id's text from ``texts`` (task id -> text) is stored under
+    ``REVIEW_TEXT_PREFIX + id`` with the same ``ttl_s`` as its result, so the
+    review page can show it; unflagged texts are not stored.
 
     Never raises: the answers are stored already, and a review list that missed
     an id must not hold them back.
@@ -212,14 +265,15 @@ def flag_for_review(client: Any, items: list[tuple[str, dict[str, Any]]], ttl_s:
     for task_id, env in items:
         if env.get("status") == "ok" and env.get("review"):
             conf = env.get("confidence") or {}
-            args += [task_id, min(float(conf.get(f, 0.0)) for f in env["review"])]
+            args += [task_id, min(float(conf.get(f, 0.0)) for f in env["review"]),
+                     (texts or {}).get(task_id) or ""]
     if not args:
         return
     now = time.time() if now_s is None else now_s
     try:
-        client.eval(_FLAG, 2, REVIEW_KEY, REVIEW_AT_KEY, now, ttl_s, *args)
+        client.eval(_FLAG, 2, REVIEW_KEY, REVIEW_AT_KEY, now, ttl_s, REVIEW_TEXT_PREFIX, *args)
     except Exception as err:  # logged; the answers stand
-        log.warning("flagging %d task(s) for review failed: %s", len(args) // 2,
+        log.warning("flagging %d task(s) for review failed: %s", len(args) // 3,
                     type(err).__name__)
 
 
@@ -231,15 +285,19 @@ class Owed:
     :meth:`settle` succeeds (or the visibility timeout returns it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, current_qos: Callable[[], Any] | None = None) -> None:
         self.messages: list[Any] = []
         self.acks: list[Any] = []
+        #: The live channel's QoS: what was owed on a channel closed by a reconnection
+        #: is settled through it (the same ``unacked`` keys).
+        self.current_qos = current_qos or (lambda: None)
 
     def put_back(self, messages: list[Any]) -> None:
         """Put ``messages`` back on their queue now, or keep them for :meth:`settle`."""
         refused: BaseException | None = None
+        current = self.current_qos()
         for message in messages:
-            err = requeue(message)
+            err = requeue(message, current)
             if err is not None:
                 refused = err
                 self.messages.append(message)
@@ -255,19 +313,34 @@ class Owed:
                 self.put_back(messages)
             if self.acks:
                 acks, self.acks = self.acks, []
-                self.acks = _remove(acks)
+                current = self.current_qos()
+                self.acks = _remove([(_live(q, current), tag) for q, tag in acks])
         except Exception as err:  # the next tick tries again
             log.warning("settling refused writes failed: %s", type(err).__name__)
 
 
-def requeue(message: Any) -> BaseException | None:
+def _live(qos: Any, current: Any) -> Any:
+    """``qos``, or ``current`` when ``qos``'s channel was closed (it can no longer connect)."""
+    closed = getattr(getattr(qos, "channel", None), "connection", True) is None
+    return current if closed and current is not None else qos
+
+
+def requeue(message: Any, current: Any = None) -> BaseException | None:
     """Put one held message back at the end of its queue; its prefetch slot is freed.
 
-    Returns Redis's refusal, if any: the message then stays in ``unacked``.
+    A message whose channel closed since (a reconnection) goes back through
+    ``current``, the live channel's QoS. Returns Redis's refusal, if any: the
+    message then stays in ``unacked``.
     """
     if message.acknowledged:  # acked, rejected or put back already
         return None
     try:
+        qos = getattr(message.channel, "qos", None)
+        live = _live(qos, current)
+        if live is not qos:
+            live.restore_by_tag(message.delivery_tag)
+            message._state = "REQUEUED"
+            return None
         message.reject(requeue=True)  # Redis: restore_by_tag (one transaction), then free
         return None
     except Exception as err:

@@ -350,9 +350,11 @@ class Guard:
             # what the dead one held goes back now, not when its key expires.
             liveness.release(client, c.hostname, self.restore)
             fetch.register(client, self.inflight)
+        qos = self.channel.qos
         self.heartbeat = liveness.Heartbeat(
             metrics.redis_for(self.settings), c.hostname, self.inflight.alive_key,
-            self.channel.qos.unacked_key, timing)
+            qos.unacked_key, timing, fence=liveness.FENCE, restore=self.restore,
+            holding=lambda: list(qos._delivered))
         self.heartbeat.start()
         self._tend = c.timer.call_repeatedly(timing.sweep_s, self.tend)
 

@@ -42,6 +42,7 @@ from prometheus_client import (
 
 from core.names import EXTRACT_QUEUE, TRAIN_QUEUE
 from core.settings import Settings
+from workers import liveness
 
 log = logging.getLogger("tiqu.worker")
 
@@ -101,6 +102,10 @@ class WorkerMetrics:
                                   "1 once the engine failed breaker_failures batches in a row "
                                   "and the worker stopped consuming (it exits next).",
                                   registry=r)
+        self.fenced = Counter("tiqu_fenced_results",
+                              "Results dropped unstored because the worker had been cut off "
+                              "from Redis longer than its liveness TTL (others answer them).",
+                              registry=r)
         self._tokens_seen = 0
         self._adapter_seen: str | None = None
 
@@ -274,6 +279,7 @@ def install(app: Any, runtime: Any, settings: Settings) -> None:
         return
     metrics = WorkerMetrics()
     runtime.after_batch.append(metrics.after_batch)
+    liveness.FENCE.on_drop.append(metrics.fenced.inc)
     metrics.watch(runtime)
     started: list[Poller] = []
 
