@@ -73,7 +73,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # milliseconds, and restores are transactions, so a short lock is safe.
         "unacked_mutex_expire": max(5, min(60, settings.visibility_timeout_s // 2)),
         # One Redis list per queue (tiqu sends no priorities), so a worker can
-        # fetch with BRPOPLPUSH, which takes a single list (workers.fetch).
+        # fetch with BRPOPLPUSH, which takes a single list (core.transport.fetch).
         "priority_steps": [0],
         "health_check_interval": 10,
     }

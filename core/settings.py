@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     fault_point: str | None = Field(
         None,
         description="Testing only: SIGKILL the worker when it reaches this named step "
-        "(workers.faults), or 'engine' to make every generation fail.",
+        "(core.transport.faults), or 'engine' to make every generation fail.",
     )
 
     @model_validator(mode="after")

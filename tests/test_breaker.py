@@ -21,9 +21,9 @@ import redis
 
 from core.names import EXTRACT_QUEUE, result_key
 from core.settings import Settings
+from core.transport import faults
 from producer import Client
 from tests.conftest import WorkerProc, start_worker, worker_env
-from workers import faults
 from workers.breaker import EXIT_CODE, Breaker, EngineFailed
 from workers.runtime import CANARY, EchoEngine, Runtime
 

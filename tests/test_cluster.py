@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 import redis
 
+from core.transport.liveness import Fence, Heartbeat, Timing, held_key
 from producer import Client
 from tests.test_dead_worker import leftovers
 from tests.test_reliability import wait_for
 from tiqu.cluster import Cluster, leftover_namespaces
-from workers.liveness import Fence, Heartbeat, Timing, held_key
 
 DEAD_S = 10
 METRICS_PORT = 9464  # inside the host's namespace

@@ -7,7 +7,7 @@ Real workers, real Redis, SIGKILL in the middle of a batch:
   in-flight lists or held sets;
 - a worker restarted under the dead one's name puts back what its
   predecessor held at once;
-- the held set follows acknowledgements, and :func:`workers.liveness.release`
+- the held set follows acknowledgements, and :func:`core.transport.liveness.release`
   restores each still-unacknowledged message exactly once.
 """
 
@@ -22,11 +22,11 @@ from pathlib import Path
 import redis
 
 from core.names import EXTRACT_QUEUE, result_key
+from core.transport.fetch import INFLIGHT_PREFIX
+from core.transport.liveness import HELD_PREFIX, Timing, held_key
 from producer import Client
 from tests.conftest import ROOT, WorkerProc, start_worker
 from tests.test_reliability import SLOW_WORKER, echo_env, wait_for
-from workers.fetch import INFLIGHT_PREFIX
-from workers.liveness import HELD_PREFIX, Timing, held_key
 
 
 def start_slow(env: dict[str, str], log_path: Path, name: str, hold_s: float) -> WorkerProc:

@@ -1,4 +1,4 @@
-"""workers.fetch on a real kombu Redis channel: one fetch takes many messages,
+"""core.transport.fetch on a real kombu Redis channel: one fetch takes many messages,
 records them as unacknowledged in one transaction and leaves none on the list;
 items it cannot deliver are answered or dead-lettered, never left behind."""
 
@@ -14,8 +14,8 @@ import redis
 from kombu import Connection
 
 from core.names import DEAD_LETTER_KEY, EXTRACT_QUEUE, EXTRACT_TASK
+from core.transport import fetch
 from producer.protocol import task_message
-from workers import fetch
 
 
 @pytest.fixture()

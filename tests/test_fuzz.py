@@ -114,7 +114,7 @@ def test_runtime_answers_every_item_with_a_storable_envelope(batch: list[Any]) -
             assert envelope.error is not None and envelope.error.code in INPUT_CODES
 
 
-# --- queue items: workers.fetch.classify, before kombu reads anything ----------------------
+# --- queue items: core.transport.fetch.classify, before kombu reads anything ----------------------
 
 def _depth(value: Any) -> int:
     if isinstance(value, dict):
@@ -155,7 +155,7 @@ def test_classify_sorts_any_queue_item_without_raising(raw: bytes) -> None:
     from kombu.utils.encoding import bytes_to_str
     from kombu.utils.json import loads
 
-    from workers.fetch import MAX_ENVELOPE_DEPTH, Refused, classify
+    from core.transport.fetch import MAX_ENVELOPE_DEPTH, Refused, classify
 
     out = classify(raw, 65536, loads, bytes_to_str)
     if isinstance(out, Refused):

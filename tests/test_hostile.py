@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from core.names import DEAD_LETTER_KEY, EXTRACT_QUEUE, EXTRACT_TASK, result_key
 from core.queue import make_celery
 from core.settings import Settings
+from core.transport.fetch import INFLIGHT_PREFIX
 from producer import Client
 from producer.protocol import task_message
 from tests.conftest import WorkerProc, start_worker
 from tests.test_reliability import echo_env, wait_for
-from workers.fetch import INFLIGHT_PREFIX
 
 #: The worker's max_message_bytes: small, so oversize items stay cheap to build.
 MAX_BYTES = 65536

@@ -1,6 +1,6 @@
 """The kill-point matrix: SIGKILL a worker at each named step, then check the invariants.
 
-A victim worker runs with ``TIQU_FAULT_POINT=<step>`` (workers.faults) and
+A victim worker runs with ``TIQU_FAULT_POINT=<step>`` (core.transport.faults) and
 kills itself the first time it reaches that step; a rescuer worker then
 serves the queue. After every kill:
 - every complaint has exactly one result, announced exactly once (one
@@ -24,14 +24,14 @@ import pytest
 import redis
 
 from core.names import EXTRACT_QUEUE, EXTRACT_TASK, RESULT_KEY_PREFIX
+from core.transport.fetch import INFLIGHT_PREFIX, REGISTRY_KEY
+from core.transport.liveness import held_key
 from producer import Client
 from producer.protocol import task_message
 from tests.conftest import WorkerProc, start_worker
 from tests.test_dead_worker import leftovers
 from tests.test_hotswap import adapters  # noqa: F401, F811 (a fixture)
 from tests.test_reliability import echo_env, wait_for
-from workers.fetch import INFLIGHT_PREFIX, REGISTRY_KEY
-from workers.liveness import held_key
 
 #: Keys that live without a TTL on purpose (docs/reliability.md, "Keys").
 PERMANENT = (b"_kombu.", b"tiqu:inflight", b"tiqu:deadletter", b"tiqu:adapters:",

@@ -31,10 +31,10 @@ from core.names import DEAD_LETTER_KEY, EXTRACT_QUEUE, EXTRACT_TASK, result_key
 from core.queue import make_celery
 from core.schema import Envelope
 from core.settings import Settings
+from core.transport.fetch import INFLIGHT_PREFIX, REGISTRY_KEY
 from producer import Client
 from producer.protocol import task_message
 from tests.conftest import ROOT, WorkerProc, start_worker, worker_env
-from workers.fetch import INFLIGHT_PREFIX, REGISTRY_KEY
 
 MAX_CHARS = 2000
 

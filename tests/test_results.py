@@ -1,4 +1,4 @@
-"""workers.results.store_once on real Redis: written once, announced once, refusals retried."""
+"""core.transport.results.store_once on real Redis: written once, announced once, retried."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from core.names import result_key
+from core.transport.results import StoreFailed, store_once
 from tests.test_reliability import PrivateRedis
-from workers.results import StoreFailed, store_once
 
 
 def _announced(client: redis.Redis, keys: list[str]) -> tuple[redis.client.PubSub, list[str]]:

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from core.manifest import Manifest
-from core.names import TRAIN_QUEUE, TRAIN_TASK
+from core.names import DEAD_LETTER_KEY, TRAIN_QUEUE, TRAIN_TASK
 from core.queue import make_celery
 from core.settings import Settings
 from tests.conftest import ROOT, worker_env
@@ -222,3 +222,22 @@ def test_checkpoints_follow_the_clock_as_well_as_the_step_count(
           with_steps_only)
     kept = sorted(p.name for p in (tmp_path / "run2/checkpoints").glob("checkpoint-*"))
     assert kept == ["checkpoint-3"]  # the last step only
+
+
+def test_a_hostile_item_on_the_train_queue_is_dead_lettered_and_the_worker_serves_on(
+    redis_db: redis.Redis, redis_url: str, tiny_model: Path, tmp_path: Path, workers: list
+) -> None:
+    """The train worker has the extract workers' guard (core.transport): JSON nested
+    2,000 deep, pushed raw onto the ``train`` list, neither stops it nor comes back."""
+    roots(tmp_path)
+    w = start_train_worker(train_env(redis_url, tiny_model, tmp_path), tmp_path / "w.log")
+    workers.append(w)
+    redis_db.lpush(TRAIN_QUEUE, "[" * 2000 + "]" * 2000)
+    app = make_celery(Settings(redis_url=redis_url))
+    kind, message = failure(app, {"data": "missing.jsonl", "config": {}})
+    assert kind == "PathRefused" and w.proc.poll() is None
+    reasons = [json.loads(x)["reason"] for x in redis_db.lrange(DEAD_LETTER_KEY, 0, -1)]
+    assert reasons == ["nested_too_deep"]
+    time.sleep(2)
+    assert redis_db.llen(TRAIN_QUEUE) == 0 and redis_db.hlen("unacked") == 0
+    assert "RecursionError" not in w.log() and "Unrecoverable" not in w.log()

@@ -3,7 +3,7 @@
 celery-batches buffers ``tiqu.extract`` messages and flushes them after
 ``flush_every`` messages or ``flush_interval`` seconds, whichever comes first.
 ``ExtractBatches.flush`` runs the batch inline (the worker uses the solo pool:
-one process owns the GPU), stores every result (:func:`workers.results.store_once`:
+one process owns the GPU), stores every result (:func:`core.transport.results.store_once`:
 ``SET NX``, announced once) and only then acknowledges the messages. A
 message whose result already exists (a redelivery after a worker died) is
 acknowledged without being run again.
@@ -22,7 +22,7 @@ back on the queue unanswered:
   already running finishes and is stored, the ones behind it go back
   (:func:`stopping`);
 - results of a worker cut off from Redis longer than its liveness TTL are
-  dropped, neither stored nor acknowledged (workers.liveness.Fence).
+  dropped, neither stored nor acknowledged (core.transport.liveness.Fence).
 
 In every case the message's prefetch slot is freed in memory at once, so a
 Redis fault never shrinks what the worker may take once it is over.
@@ -39,9 +39,9 @@ from celery.worker import state as worker_state
 from celery_batches import Batches, consume_queue
 
 from core.names import REVIEW_AT_KEY, REVIEW_KEY, REVIEW_TEXT_PREFIX, result_key
-from workers import faults, liveness
+from core.transport import faults, liveness
+from core.transport.results import StoreFailed, store_once
 from workers.breaker import EXIT_CODE, EngineFailed
-from workers.results import StoreFailed, store_once
 
 log = logging.getLogger("tiqu.worker")
 
@@ -151,7 +151,7 @@ class ExtractBatches(Batches):
 
     def _fence(self, todo: list[Any], envelopes: list[dict[str, Any]]
                ) -> tuple[list[Any], list[dict[str, Any]]]:
-        """Drop what this worker may no longer answer (workers.liveness.Fence): neither
+        """Drop what this worker may no longer answer (core.transport.liveness.Fence): neither
         stored nor acknowledged; its prefetch slot is freed. Returns the rest."""
         stale = liveness.FENCE.stale([r.message.delivery_tag for r in todo])
         if not stale:

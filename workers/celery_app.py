@@ -15,7 +15,8 @@ from celery import signals
 from core.names import EXTRACT_QUEUE, EXTRACT_TASK
 from core.queue import make_celery
 from core.settings import Settings
-from workers import control, faults, guard, hotswap, metrics
+from core.transport import faults, guard
+from workers import control, hotswap, metrics
 from workers.batching import ExtractBatches
 from workers.runtime import Runtime
 

@@ -44,7 +44,7 @@ from core.adapters import (
 from core.manifest import VERSION_RE, shown
 from core.names import ACTIVE_ADAPTER_KEY
 from core.settings import Settings
-from workers import faults
+from core.transport import faults
 
 log = logging.getLogger("tiqu.hotswap")
 

@@ -42,7 +42,7 @@ from prometheus_client import (
 
 from core.names import EXTRACT_QUEUE, TRAIN_QUEUE
 from core.settings import Settings
-from workers import liveness
+from core.transport import liveness
 
 log = logging.getLogger("tiqu.worker")
 

@@ -22,9 +22,9 @@ from typing import Any
 from core.errors import InvalidInput, TiquError
 from core.schema import Complaint, Envelope
 from core.settings import Settings
+from core.transport import faults
 from core.validation import grounding, payload_id, validate_payload
 from inference.engine import Outcome, field_scores
-from workers import faults
 from workers.breaker import Breaker, EngineFailed
 
 log = logging.getLogger("tiqu.worker")

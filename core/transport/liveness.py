@@ -5,13 +5,13 @@ kombu's Redis transport keeps every unacknowledged message in one hash
 timeout (an hour by default) has passed. tiqu adds an owner:
 
 - When a worker records fetched messages as unacknowledged
-  (:func:`workers.fetch._record`), the same transaction adds their delivery
+  (:func:`core.transport.fetch._record`), the same transaction adds their delivery
   tags to the worker's *held* set, ``tiqu:held:<node>``.
 - A :class:`Heartbeat` thread refreshes the worker's liveness key
   ``tiqu:alive:<node>`` every few seconds, also while a batch runs (the
   event loop is busy then), and drops from the held set the tags that are no
   longer unacknowledged (acknowledged, or put back).
-- Every worker sweeps on a timer (:func:`workers.fetch.tend`): a registered
+- Every worker sweeps on a timer (:func:`core.transport.fetch.tend`): a registered
   node whose liveness key has expired is dead, and everything it held goes
   back on its queue: its in-flight list and, through :func:`release`, every
   tag of its held set that is still unacknowledged (kombu's own
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.names import KEY_PREFIX
-from workers import faults
+from core.transport import faults
 
 log = logging.getLogger("tiqu.liveness")
 

@@ -6,7 +6,7 @@ log the whole body and headers (complaint text, and a foreign client's
 worker, which gets the same message again after a restart. The guard works
 from the wire inwards:
 
-1. Transport (workers.fetch): a worker consuming one queue fetches with
+1. Transport (core.transport.fetch): a worker consuming one queue fetches with
    BRPOPLPUSH onto an in-flight list, so a SIGKILL never loses a popped
    message; an item over ``max_message_bytes``, not JSON, nested too deep or
    not a kombu message is refused there, before kombu reads it.
@@ -25,7 +25,7 @@ from the wire inwards:
 A refused message is rejected without running and logged with its task id,
 content type, body length and code, never its body or headers. When its task
 id is usable, an error envelope is stored under it like a result
-(:func:`workers.results.store_once`: ``SET NX`` with ``result_ttl_s``, then
+(:func:`core.transport.results.store_once`: ``SET NX`` with ``result_ttl_s``, then
 ``PUBLISH``), so the caller gets an answer and an existing result is never
 overwritten. Without one, it goes on the dead-letter list
 (``core.names.DEAD_LETTER_KEY``: reason, size, queue, time; never the body).
@@ -44,11 +44,12 @@ import redis
 from celery import bootsteps
 from kombu.exceptions import ContentDisallowed, DecodeError
 
+from core.redis import client_from_url
 from core.schema import Envelope
 from core.settings import Settings
+from core.transport import fetch, liveness
+from core.transport.results import StoreFailed, store_once
 from core.validation import MAX_TASK_ID_CHARS, nesting_exceeds, usable_task_id
-from workers import fetch, liveness, metrics
-from workers.results import StoreFailed, store_once
 
 log = logging.getLogger("tiqu.guard")
 
@@ -74,12 +75,15 @@ def task_id_of(message: Any) -> str | None:
     return usable_task_id(headers.get("id") if isinstance(headers, dict) else None)
 
 
-def header_problem(message: Any, now: datetime | None = None) -> Problem | None:
+def header_problem(message: Any, now: datetime | None = None,
+                   allow_eta: bool = False) -> Problem | None:
     """Check the headers: protocol 2, a task name, a usable task id, no ETA, not expired.
 
-    tiqu does not schedule: a message with an ``eta`` (Celery's ``countdown``
-    sends one) would wait in the batch buffer holding a prefetch slot, so it
-    is refused. One whose ``expires`` has passed is answered ``expired``.
+    Batched tasks are not scheduled: a message with an ``eta`` (Celery's
+    ``countdown`` sends one) would wait in the batch buffer holding a prefetch
+    slot, so it is refused unless ``allow_eta`` (the train queue, whose task
+    is not batched and retries with a countdown). One whose ``expires`` has
+    passed is answered ``expired``.
     """
     headers = message.headers
     if not isinstance(headers, dict):
@@ -95,7 +99,7 @@ def header_problem(message: Any, now: datetime | None = None) -> Problem | None:
         got = f"str of {len(task_id)}" if isinstance(task_id, str) else type(task_id).__name__
         return Problem("invalid_task_id", f"task id header must be a UTF-8 string of 1 to "
                                           f"{MAX_TASK_ID_CHARS} chars, got {got}")
-    return schedule_problem(headers, now or datetime.now(UTC))
+    return schedule_problem(headers, now or datetime.now(UTC), allow_eta)
 
 
 def protocol1_problem(message: Any) -> Problem:
@@ -113,9 +117,11 @@ def protocol1_problem(message: Any) -> Problem:
                                       "protocol 2 is required)")
 
 
-def schedule_problem(headers: dict[str, Any], now: datetime) -> Problem | None:
-    """``eta_not_supported`` for any ETA, ``expired`` once ``expires`` has passed."""
-    if headers.get("eta") is not None:
+def schedule_problem(headers: dict[str, Any], now: datetime,
+                     allow_eta: bool = False) -> Problem | None:
+    """``eta_not_supported`` for any ETA (unless allowed), ``expired`` once ``expires``
+    has passed."""
+    if headers.get("eta") is not None and not allow_eta:
         return Problem("eta_not_supported", "tiqu runs tasks when they arrive; ETA and "
                                             "countdown are not supported")
     expires = headers.get("expires")
@@ -173,9 +179,10 @@ def payload_problem(message: Any, body: Any) -> Problem | None:
 class Guard:
     """Refuses bad messages for one worker: logs, stores an error envelope, rejects."""
 
-    def __init__(self, app: Any, settings: Settings) -> None:
+    def __init__(self, app: Any, settings: Settings, allow_eta: bool = False) -> None:
         self.app = app
         self.settings = settings
+        self.allow_eta = allow_eta
         self.hostname = ""
         self.channel: Any = None  # the Redis channel tasks are consumed from
         self.delivering = False  # inside Celery's handler for one message
@@ -215,7 +222,7 @@ class Guard:
     def answer(self, refusals: list[tuple[str, str, str]]) -> None:
         """Store an error envelope for each ``(task_id, code, reason)`` not answered yet.
 
-        Raises :class:`workers.results.StoreFailed` when Redis keeps refusing.
+        Raises :class:`core.transport.results.StoreFailed` when Redis keeps refusing.
         """
         worker = self.hostname or None
         envelopes = [(task_id, Envelope.failure(None, code, reason, worker=worker)
@@ -269,7 +276,7 @@ class Guard:
         """Celery's per-message handler with header checks and a last-resort catch."""
 
         def on_task_received(message: Any) -> Any:
-            problem = header_problem(message)
+            problem = header_problem(message, allow_eta=self.allow_eta)
             if problem is not None:
                 return self.refuse(message, problem)
             self.delivering = True
@@ -352,7 +359,8 @@ class Guard:
             fetch.register(client, self.inflight)
         qos = self.channel.qos
         self.heartbeat = liveness.Heartbeat(
-            metrics.redis_for(self.settings), c.hostname, self.inflight.alive_key,
+            client_from_url(self.settings.redis_url, self.settings, socket_timeout=5,
+                            socket_connect_timeout=5), c.hostname, self.inflight.alive_key,
             qos.unacked_key, timing, fence=liveness.FENCE, restore=self.restore,
             holding=lambda: list(qos._delivered))
         self.heartbeat.start()
@@ -452,13 +460,13 @@ def rearm_flush_timer(task: Any, timer: Any) -> None:
         task._tref = timer.call_repeatedly(task.flush_interval, task._do_flush)
 
 
-def install(app: Any, runtime: Any, settings: Settings) -> Guard:
+def install(app: Any, runtime: Any, settings: Settings, allow_eta: bool = False) -> Guard:
     """Turn undecodable or disallowed messages into error envelopes where possible.
 
     Registers the consumer bootstep on ``app`` and patches the Redis transport
-    (workers.fetch: reliable fetch, garbage filter).
+    (core.transport.fetch: reliable fetch, garbage filter).
     """
-    guard = Guard(app, settings)
+    guard = Guard(app, settings, allow_eta=allow_eta)
     app.steps["consumer"].add(consumer_step(guard))
     fetch.patch_redis_transport()
     return guard

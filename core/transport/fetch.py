@@ -46,8 +46,8 @@ from queue import Empty
 from typing import Any, NamedTuple
 
 from core.names import DEAD_LETTER_KEY, DEAD_LETTER_MAX, KEY_PREFIX
+from core.transport import faults, liveness
 from core.validation import nesting_exceeds, usable_task_id
-from workers import faults, liveness
 
 log = logging.getLogger("tiqu.fetch")
 
@@ -65,10 +65,10 @@ class InFlight:
     queue: str
     node: str
     ttl_s: int  # of the liveness key
-    held_ttl_s: int = 7200  # of the held set (workers.liveness)
+    held_ttl_s: int = 7200  # of the held set (core.transport.liveness)
     #: Items larger than this are refused before they are decoded.
     max_message_bytes: int = 262144
-    #: Stores error envelopes for ``[(task_id, code, reason)]`` (workers.guard); raises
+    #: Stores error envelopes for ``[(task_id, code, reason)]`` (core.transport.guard); raises
     #: when it cannot. Without it, every refused item is dead-lettered.
     answer: Callable[[list[tuple[str, str, str]]], None] | None = field(default=None,
                                                                          compare=False)
@@ -103,7 +103,7 @@ _refusals_logged_at = 0.0
 
 def _refused(err: BaseException) -> bool:
     """Whether a fetch failed because Redis refuses writes for now (or unblocked it)."""
-    from workers.results import retryable
+    from core.transport.results import retryable
 
     global _refusals_logged_at
     if not (retryable(err) or str(err).upper().startswith("UNBLOCKED")):
@@ -343,7 +343,7 @@ def tend(client: Any, inflight: InFlight, idle: bool,
     ``idle`` means no fetch is outstanding, so this node's own list holds
     only leftovers. A node whose liveness key expired is dead: its in-flight
     list is emptied onto its queue, every message it held unacknowledged is
-    put back with ``restore(tag)`` (workers.liveness.release), and it is
+    put back with ``restore(tag)`` (core.transport.liveness.release), and it is
     unregistered.
     """
     register(client, inflight)
