@@ -98,6 +98,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.adapter:
         print("\nNote: this is the raw base model with no fine-tuned adapter, so the values "
               "are often wrong or null (every value is still copied from the text). Train one "
-              "with `make adapter` (30-40 min on 2 CPU cores), then run "
+              "with `make adapter` (500 steps; its progress bar shows the ETA), then run "
               "`TIQU_ADAPTER=runs/adapter/adapter make demo` (see docs/training.md).")
     return 0
