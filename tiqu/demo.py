@@ -71,6 +71,38 @@ def _show(out: Path, n: int) -> None:
     print(f"... {len(lines)} envelopes in {out}")
 
 
+def score(inputs: Path, out: Path) -> dict[str, dict[str, float]] | None:
+    """Per field: the share of exact values and the mean confidence, against the ``gold``
+    of the input rows (matched by id); ``None`` when the input carries no gold."""
+    from core.schema import FIELDS
+    from core.validation import same_field
+
+    gold = {}
+    for line in inputs.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if isinstance(row.get("gold"), dict):
+            gold[row.get("id")] = row["gold"]
+    envs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    envs = [e for e in envs if e.get("id") in gold]
+    if not envs:
+        return None
+    table = {}
+    for field in FIELDS:
+        exact = [same_field((e.get("result") or {}).get(field), gold[e["id"]].get(field))
+                 for e in envs]
+        conf = [float((e.get("confidence") or {}).get(field, 0.0)) for e in envs]
+        table[field] = {"exact": sum(exact) / len(exact), "confidence": sum(conf) / len(conf)}
+    return table
+
+
+def _print_score(table: dict[str, dict[str, float]], n: int) -> None:
+    print(f"\nscore on the {n} labelled sample complaints (field exact, mean confidence):")
+    for field, row in table.items():
+        print(f"  {field:<9} {row['exact']:6.1%}   {row['confidence']:.2f}")
+    overall = sum(r["exact"] for r in table.values()) / len(table)
+    print(f"  {'all':<9} {overall:6.1%}")
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from producer.cli import send_all, write_in_order
     from producer.client import Client
@@ -92,6 +124,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{len(sent)} complaints: {counts['ok']} ok, {counts['error']} error, "
               f"{rate:.2f} complaints/s")
         _show(Path(args.out), args.show)
+        table = score(Path(args.file), Path(args.out))
+        if table is not None:
+            _print_score(table, len(sent))
     finally:
         worker.terminate()
         worker.wait(60)
