@@ -182,8 +182,9 @@ def test_a_sick_engine_puts_everything_back_and_exits_then_a_healthy_worker_answ
     assert sorted(queued) == sorted(ids), "every message back on the queue, once"
     assert not [k for k in redis_db.keys("tiqu:inflight:*") if redis_db.llen(k)]
     for run in range(3):  # restarted by its supervisor, it never answers either
+        # Launched only: it may exit before start_worker would see it ready.
         again = start_worker(f"sick{run}", echo_env(redis_url, TIQU_FAULT_POINT="engine"),
-                             tmp_path / f"sick{run}.log")
+                             tmp_path / f"sick{run}.log", wait=False)
         workers.append(again)
         assert wait_exit(again, 90) == EXIT_CODE
     assert all(v is None for v in redis_db.mget([result_key(t) for t in ids])), "answered"

@@ -48,6 +48,18 @@ def leftovers(db: redis.Redis) -> dict[str, int]:
             "inflight": inflight, "held": held}
 
 
+def _held_by_a_killed_worker(db: redis.Redis, env: dict[str, str], tmp_path: Path,
+                             workers: list[WorkerProc], name: str,
+                             items: list[tuple[str, str]]) -> tuple[list[str], float]:
+    """A slow worker takes ``items`` into one batch and is SIGKILLed holding them;
+    returns their task ids and the kill's monotonic time."""
+    slow = start_slow(env, tmp_path / f"{name}.log", name, hold_s=600)
+    workers.append(slow)
+    wait_for(lambda: " ready." in slow.log(), 120, "the slow worker")
+    sent = [s.task_id for s in Client(db).submit_many(items)]
+    return sent, _kill_mid_batch(db, slow, n_held=len(items))
+
+
 def _kill_mid_batch(db: redis.Redis, slow: WorkerProc, n_held: int) -> float:
     wait_for(lambda: "batch started" in slow.log(), 120, "the slow worker's batch")
     wait_for(lambda: db.scard(held_key(slow.name)) == n_held, 10, "the held set")
@@ -60,17 +72,15 @@ def test_default_settings_a_killed_workers_tasks_are_answered_within_dead_worker
     redis_db: redis.Redis, redis_url: str, tmp_path: Path, workers: list[WorkerProc]
 ) -> None:
     env = echo_env(redis_url)  # the visibility timeout and dead_worker_s at their defaults
-    slow = start_slow(env, tmp_path / "slow.log", "slow", hold_s=600)
-    workers.append(slow)
-    wait_for(lambda: " ready." in slow.log(), 120, "the slow worker")
-    client = Client(redis_db)
-    sent = client.submit_many([(f"d{i}", f"投诉 {i}") for i in range(5)])
-    killed_at = _kill_mid_batch(redis_db, slow, n_held=5)
+    sent, killed_at = _held_by_a_killed_worker(redis_db, env, tmp_path, workers, "slow",
+                                               [(f"d{i}", f"投诉 {i}") for i in range(5)])
     rescuer = start_worker("rescuer", env, tmp_path / "rescuer.log")
     workers.append(rescuer)
-    sent += client.submit_many([(f"d{i}", f"投诉 {i}") for i in range(5, 19)])
+    client = Client(redis_db)
+    sent += [s.task_id for s in client.submit_many([(f"d{i}", f"投诉 {i}")
+                                                    for i in range(5, 19)])]
 
-    got = dict(client.collect([s.task_id for s in sent], timeout_s=90))
+    got = dict(client.collect(sent, timeout_s=90))
     waited_s = time.monotonic() - killed_at
 
     assert [got[i]["id"] for i in range(19)] == [f"d{i}" for i in range(19)]
@@ -81,23 +91,19 @@ def test_default_settings_a_killed_workers_tasks_are_answered_within_dead_worker
     assert len(executions) == 19  # each task ran once
     wait_for(lambda: leftovers(redis_db) == dict.fromkeys(leftovers(redis_db), 0), 20,
              f"no leftovers, got {leftovers(redis_db)}")
-    assert all(0 < redis_db.ttl(result_key(s.task_id)) <= 86400 for s in sent)
+    assert all(0 < redis_db.ttl(result_key(task_id)) <= 86400 for task_id in sent)
 
 
 def test_a_worker_restarted_under_the_dead_ones_name_puts_back_what_it_held_at_once(
     redis_db: redis.Redis, redis_url: str, tmp_path: Path, workers: list[WorkerProc]
 ) -> None:
     env = echo_env(redis_url)
-    slow = start_slow(env, tmp_path / "slow.log", "node-a", hold_s=600)
-    workers.append(slow)
-    wait_for(lambda: " ready." in slow.log(), 120, "the slow worker")
-    client = Client(redis_db)
-    sent = client.submit_many([(f"r{i}", f"投诉 {i}") for i in range(4)])
-    killed_at = _kill_mid_batch(redis_db, slow, n_held=4)
+    sent, killed_at = _held_by_a_killed_worker(redis_db, env, tmp_path, workers, "node-a",
+                                               [(f"r{i}", f"投诉 {i}") for i in range(4)])
 
     again = start_worker("node-a", env, tmp_path / "again.log")
     workers.append(again)
-    got = dict(client.collect([s.task_id for s in sent], timeout_s=30))
+    got = dict(Client(redis_db).collect(sent, timeout_s=30))
     assert sorted(e["id"] for e in got.values()) == [f"r{i}" for i in range(4)]
     assert time.monotonic() - killed_at < 30  # not the 60 s of dead_worker_s
     wait_for(lambda: leftovers(redis_db) == dict.fromkeys(leftovers(redis_db), 0), 20,

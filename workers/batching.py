@@ -130,7 +130,7 @@ class ExtractBatches(Batches):
                     log.error("batch of %d failed: %s", len(todo), type(err).__name__,
                               exc_info=True)
                     self.runtime.breaker.failure()
-                todo = self._engine_failed(todo)
+                self._put_back(todo)  # the engine failed the batch as a whole: unanswered
                 self._acknowledge([r for r in requests if r not in todo])
                 return
             todo, envelopes = self._fence(todo, envelopes)
@@ -168,11 +168,6 @@ class ExtractBatches(Batches):
         """The QoS of the channel consumed now (a new one after each reconnection)."""
         task_consumer = getattr(self._consumer, "task_consumer", None)
         return getattr(getattr(task_consumer, "channel", None), "qos", None)
-
-    def _engine_failed(self, todo: list[Any]) -> list[Any]:
-        """Put a batch the engine failed as a whole back, unanswered; returns it."""
-        self._put_back(todo)
-        return todo
 
     def _store(self, requests: list[Any], envelopes: list[dict[str, Any]]) -> None:
         items = [(r.id, env) for r, env in zip(requests, envelopes, strict=True)]

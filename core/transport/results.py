@@ -54,10 +54,13 @@ def retryable(err: BaseException) -> bool:
     """Whether ``err`` is Redis refusing for now, not a mistake in the command."""
     if isinstance(err, (redis.ConnectionError, redis.TimeoutError)):
         return True
-    # redis-py strips the code of errors it has a class for (OOM, READONLY, LOADING,
-    # TRYAGAIN) from the message and keeps it in ``status_code``.
-    code = str(getattr(err, "status_code", None) or err).upper()
-    return isinstance(err, redis.ResponseError) and code.startswith(_REFUSALS)
+    return isinstance(err, redis.ResponseError) and _code(err).startswith(_REFUSALS)
+
+
+def _code(err: BaseException) -> str:
+    """The server's error code (``OOM``, ``READONLY``...). redis-py strips it from the
+    message of the errors it has a class for and keeps it in ``status_code``."""
+    return str(getattr(err, "status_code", None) or str(err).split(" ", 1)[0]).upper()
 
 
 def store_once(client: Any, items: Sequence[tuple[str, dict[str, Any]]], ttl_s: int,
@@ -135,10 +138,10 @@ def _wait(err: BaseException | None, deadline: float, delay: float, n: int,
 
 
 def _why(err: BaseException | None) -> str:
-    """The error's class and, for a server refusal, its first word (no data in it)."""
+    """The error's class and, for a server refusal, its code (no data in it)."""
     if err is None:
         return "write refused"
-    word = str(err).split(" ", 1)[0][:20] if isinstance(err, redis.ResponseError) else ""
+    word = _code(err)[:20] if isinstance(err, redis.ResponseError) else ""
     return f"{type(err).__name__} {word}".strip()
 
 
