@@ -168,8 +168,9 @@ def test_a_sick_engine_puts_everything_back_and_exits_then_a_healthy_worker_answ
     sent = client.submit_many([(f"b{i}", f"第{i}号投诉：宽带断网") for i in range(30)])
     ids = [s.task_id for s in sent]
 
+    # Launched only: with 30 messages waiting it may exit before it is seen ready.
     sick = start_worker("sick", echo_env(redis_url, TIQU_FAULT_POINT="engine"),
-                        tmp_path / "sick.log")
+                        tmp_path / "sick.log", wait=False)
     workers.append(sick)
     start = time.monotonic()
     assert wait_exit(sick, 90) == EXIT_CODE
@@ -182,7 +183,6 @@ def test_a_sick_engine_puts_everything_back_and_exits_then_a_healthy_worker_answ
     assert sorted(queued) == sorted(ids), "every message back on the queue, once"
     assert not [k for k in redis_db.keys("tiqu:inflight:*") if redis_db.llen(k)]
     for run in range(3):  # restarted by its supervisor, it never answers either
-        # Launched only: it may exit before start_worker would see it ready.
         again = start_worker(f"sick{run}", echo_env(redis_url, TIQU_FAULT_POINT="engine"),
                              tmp_path / f"sick{run}.log", wait=False)
         workers.append(again)
