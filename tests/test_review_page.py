@@ -240,3 +240,51 @@ def test_set_a_field_from_a_selection_in_a_real_browser(
         "complaint-t-1", TEXT, "page", "v7")
     assert redis_db.zrange(REVIEW_KEY, 0, -1) == [b"t-2", b"t-3"]  # reviewed: off the list
     assert not redis_db.exists(REVIEW_TEXT_PREFIX + "t-1")
+
+
+def test_the_retrain_button_queues_one_retrain_and_shows_its_progress_and_gate(
+    redis_db: redis.Redis, redis_url: str, served: tuple[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery import Celery
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    seed(redis_db)
+    base, serve = served
+    serve()
+    driver = _browser()
+    state = lambda d: d.find_element(By.ID, "retrain-state").text  # noqa: E731
+    try:
+        driver.get(base + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_element(By.ID, "text").text.strip() != "")
+        driver.find_element(By.ID, "retrain").click()
+        wait.until(lambda d: "pending" in state(d))
+        assert not driver.find_element(By.ID, "retrain").is_enabled()  # one at a time
+        queued = [json.loads(m) for m in redis_db.lrange("train", 0, -1)]
+        assert len(queued) == 1 and queued[0]["headers"]["task"] == "tiqu.train"
+        task_id = queued[0]["headers"]["id"]
+        body = base64.b64decode(queued[0]["body"])  # kombu's body_encoding: base64
+        request = json.loads(body)[0][0]  # celery protocol 2: [args, kwargs, embed]
+        assert (request["from_adapter"], request["corrections"], request["promote_if_better"]) \
+            == ("active", True, True)
+        assert _post(base + "/api/retrain", b"{}", {"Content-Type": "application/json"}) == 409
+        assert redis_db.llen("train") == 1
+
+        # what the train worker stores as it runs, and at the end
+        backend = Celery(broker=redis_url, backend=redis_url).backend
+        backend.store_result(task_id, {"phase": "train", "step": 40, "total": 100,
+                                       "loss": 0.1234}, "PROGRESS")
+        wait.until(lambda d: "train 40/100, loss 0.1234" in state(d))
+        gate = {"parent": {"gate": 0.41, "synthetic": 0.9}, "new": {"gate": 0.77,
+                                                                   "synthetic": 0.9},
+                "passed": True, "reason": "..."}
+        backend.store_result(task_id, {"version": "v8", "gate": gate, "promotion": {
+            "version": "v8", "passed": True, "promoted": True, "reason": "..."}}, "SUCCESS")
+        wait.until(lambda d: "v8, gate 0.410 → 0.770 (passed), promoted" in state(d))
+        assert driver.find_element(By.ID, "retrain").is_enabled()
+        driver.save_screenshot(str(IMG / "review-retrain.png"))
+    finally:
+        driver.quit()

@@ -27,7 +27,7 @@ from typing import Any
 
 from core import corrections
 from core.errors import ConfigError, InvalidInput
-from core.names import REVIEW_AT_KEY, REVIEW_KEY, REVIEW_TEXT_PREFIX, result_key
+from core.names import KEY_PREFIX, REVIEW_AT_KEY, REVIEW_KEY, REVIEW_TEXT_PREFIX, result_key
 from core.schema import FIELDS
 from core.settings import Settings
 from tiqu.flower import check_auth, is_loopback
@@ -37,6 +37,10 @@ DEFAULT_PORT = 5556
 #: Most flagged complaints one page load lists (the least confident).
 LIST_LIMIT = 200
 PAGE = Path(__file__).with_name("review_page.html")
+#: The task id of the last retrain sent from the page.
+RETRAIN_KEY = KEY_PREFIX + "review:retrain"
+#: Celery states of a retrain that has not ended.
+RUNNING = ("PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY")
 
 
 def add_parser(sub: Any) -> None:
@@ -147,6 +151,48 @@ def accept(client: Any, task_id: str, body: Any, max_text_chars: int) -> str:
     return entry
 
 
+def start_retrain(client: Any, celery: Any) -> str:
+    """Send the retrain (trainer.retrain.queued_request) to the train queue unless one
+    from this page is still running; returns its task id, remembered in RETRAIN_KEY."""
+    from core.names import TRAIN_QUEUE, TRAIN_TASK
+    from core.queue import train_reprs
+    from trainer.retrain import queued_request
+
+    running = retrain_state(client, celery)
+    if running.get("state") in RUNNING:
+        raise Busy(running["task_id"])
+    request = queued_request()
+    argsrepr, kwargsrepr = train_reprs([request], {})
+    sent = celery.send_task(TRAIN_TASK, args=[request], queue=TRAIN_QUEUE,
+                            argsrepr=argsrepr, kwargsrepr=kwargsrepr)
+    client.set(RETRAIN_KEY, sent.id)
+    return str(sent.id)
+
+
+class Busy(Exception):
+    """A retrain sent from the page is still running."""
+
+
+def retrain_state(client: Any, celery: Any) -> dict[str, Any]:
+    """The last retrain sent from the page: its state, the PROGRESS meta while it runs,
+    and when it ends, the new version, its gate and whether it was promoted."""
+    raw = client.get(RETRAIN_KEY)
+    if raw is None:
+        return {"task_id": None}
+    task_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+    result = celery.AsyncResult(task_id)
+    out: dict[str, Any] = {"task_id": task_id, "state": result.state}
+    if result.state == "PROGRESS" and isinstance(result.info, dict):
+        out["progress"] = {k: result.info.get(k) for k in ("phase", "step", "total", "loss")}
+    elif result.state == "SUCCESS" and isinstance(result.result, dict):
+        done = result.result
+        out.update(version=done.get("version"), gate=done.get("gate"),
+                   promotion=done.get("promotion"))
+    elif result.state == "FAILURE":
+        out["error"] = f"{type(result.result).__name__}: {result.result}"
+    return out
+
+
 def _authorized(header: str | None, auth: str) -> bool:
     scheme, _, encoded = (header or "").partition(" ")
     if scheme.lower() != "basic":
@@ -159,8 +205,10 @@ def _authorized(header: str | None, auth: str) -> bool:
                for entry in auth.split(","))
 
 
-def make_app(client: Any, settings: Settings, auth: str | None = None) -> Any:
-    """The Starlette app: the page at ``/``, JSON under ``/api``; basic auth when given."""
+def make_app(client: Any, settings: Settings, auth: str | None = None,
+             celery: Any = None) -> Any:
+    """The Starlette app: the page at ``/``, JSON under ``/api``; basic auth when given.
+    ``celery`` sends and follows retrains (default: an app on ``settings``)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -194,9 +242,30 @@ def make_app(client: Any, settings: Settings, auth: str | None = None) -> Any:
             return error(422, err.code, str(err))
         return JSONResponse({"entry": entry, "progress": corrections.progress(client)})
 
+    queue: list[Any] = [celery]
+
+    def app_for_tasks() -> Any:
+        if queue[0] is None:
+            from core.queue import make_celery
+
+            queue[0] = make_celery(settings)
+        return queue[0]
+
+    async def retrain(request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse(retrain_state(client, app_for_tasks()))
+        if request.headers.get("content-type", "").split(";")[0] != "application/json":
+            return error(415, "json_only", "send the body as application/json")
+        try:
+            task_id = start_retrain(client, app_for_tasks())
+        except Busy as err:
+            return error(409, "retrain_running", f"retrain {err} is still running")
+        return JSONResponse({"task_id": task_id, "state": "PENDING"})
+
     app = Starlette(routes=[
         Route("/", page), Route("/api/items", items),
         Route("/api/items/{task_id}/{action:str}", act, methods=["POST"]),
+        Route("/api/retrain", retrain, methods=["GET", "POST"]),
     ])
     if auth is None:
         return app

@@ -77,8 +77,19 @@ def config_options(p: argparse.ArgumentParser) -> None:
 
 def _train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune a LoRA adapter (locally or on the train queue)")
-    p.add_argument("--data", required=True, help="training data (seed, chat or gold rows)")
+    p.add_argument("--data", required=True, action="append",
+                   help="training data (seed, chat or gold rows); repeat to add files")
     p.add_argument("--out", type=Path, help="run folder (required unless --submit)")
+    p.add_argument("--from-adapter", metavar="VERSION",
+                   help="warm-start from this adapter (a run folder, a published version "
+                        "or 'active'); rows tagged 'correction' are split into train and "
+                        "gate parts and the manifest records the gate")
+    p.add_argument("--correction-share", type=float, default=None,
+                   help="with --from-adapter: share of training rows that are corrections "
+                        "(repeated); default 0.5")
+    p.add_argument("--promote-if-better", action="store_true",
+                   help="with --from-adapter: publish the run, and promote it if it passes "
+                        "the gate")
     config_options(p)
     p.add_argument("--submit", action="store_true", help="run as the tiqu.train task")
     p.add_argument("--inline", action="store_true", help="with --submit: send rows, not a path")
@@ -137,10 +148,26 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--out is required unless --submit")
     from trainer.data import load_records
     from trainer.lora import train
+    from trainer.retrain import Retrain, publish_and_gate, resolve_parent, split_rows
 
-    records = load_records(args.data)  # your own file, on your terminal: every reason shown
-    manifest = train(settings, records, args.out, config, source=str(args.data))
+    # your own files, on your terminal: every reason shown
+    records = [r for path in args.data for r in load_records(path)]
+    retrain = None
+    if args.from_adapter:
+        records, corrections = split_rows(records)
+        parent, version = resolve_parent(settings, args.from_adapter)
+        retrain = Retrain(parent, version, corrections, **(
+            {} if args.correction_share is None else {"share": args.correction_share}))
+    elif args.promote_if_better or args.correction_share is not None:
+        raise ConfigError("--promote-if-better and --correction-share need --from-adapter")
+    manifest = train(settings, records, args.out, config, source=",".join(args.data),
+                     retrain=retrain)
     print(f"adapter {manifest.version} written to {args.out}")
+    if retrain is not None:
+        gate = manifest.gate  # type: ignore[attr-defined]  # an extra manifest field
+        print(("gate passed: " if gate["passed"] else "gate failed: ") + gate["reason"])
+        if args.promote_if_better:
+            print(json.dumps(publish_and_gate(settings, args.out, promote=True)))
     print(json.dumps({k: manifest.metrics.get(k) for k in
                       ("train_loss", "eval_loss", "valid_json", "field_exact", "grounded")}))
     print(json.dumps(manifest.timings))
@@ -163,15 +190,23 @@ def load_quietly(path: str | Path) -> list[Any]:
 def _request(args: argparse.Namespace, config: Any) -> dict[str, Any]:
     """The task payload. ``data`` and ``out`` go as absolute paths, which must lie below
     the worker's TIQU_TRAIN_DATA_DIR and TIQU_TRAIN_RUNS_DIR."""
+    from core.errors import ConfigError
     from trainer.data import record_to_gold
 
     request: dict[str, Any] = {"config": config.to_dict()}
     if args.out is not None:
         request["out"] = str(args.out.resolve())
-    path = Path(args.data)
+    if args.from_adapter:  # the worker fetches it from the registry: a version, not a path
+        request["from_adapter"] = args.from_adapter
+        request["promote_if_better"] = args.promote_if_better
+        if args.correction_share is not None:
+            request["correction_share"] = args.correction_share
     if args.inline:
-        request["records"] = [record_to_gold(r) for r in load_quietly(path)]
+        request["records"] = [record_to_gold(r) for p in args.data for r in load_quietly(p)]
         return request
+    if len(args.data) > 1:
+        raise ConfigError("--submit sends one --data path; with several files use --inline")
+    path = Path(args.data[0])
     if path.exists():
         load_quietly(path)  # a bad file fails here, before it is sent
     request["data"] = str(path.resolve())

@@ -39,6 +39,7 @@ from core.manifest import ADAPTER_DIRNAME, Manifest, hash_folder
 from core.settings import Settings
 from trainer.config import Progress, TrainConfig, train_dtype
 from trainer.data import Record, data_hash, split_records
+from trainer.retrain import Retrain, decide, mix, score, warm_start
 from trainer.sft import encode_records, fit
 
 __all__ = ["TrainConfig", "add_lora", "resolve_layers", "train", "train_dtype"]
@@ -227,8 +228,12 @@ def last_checkpoint_step(ckpt_dir: Path) -> int:
 
 def train(settings: Settings, records: list[Record], out_dir: Path, config: TrainConfig,
           on_progress: Progress | None = None, source: str | None = None,
-          run_id: str | None = None) -> Manifest:
+          run_id: str | None = None, retrain: Retrain | None = None) -> Manifest:
     """Fine-tune LoRA on the train split, score it on the test split, write the run folder.
+
+    With ``retrain`` (trainer.retrain) the run starts from the parent adapter's weights,
+    trains on ``records`` mixed with the corrections' train part, and scores parent and
+    child on the gate part and the synthetic test split; the manifest records both.
 
     The output folder, the data and the config are all checked before anything is
     written. ``on_progress`` receives ``{"phase", "step", "total", "loss"}``.
@@ -241,16 +246,26 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
     clock = [time.perf_counter()]
     resuming = check_out_dir(out_dir, config.resume)
     splits = split_records(records)
+    if retrain is not None:
+        config = retrain.adjust(config)
+        splits["train"] = mix(splits["train"], retrain.train_part, retrain.share)
     report({"phase": "load", "step": 0, "total": 0, "loss": None})
     model, tok, base_source, device = load_for_training(settings, config)
     sets = encode_splits(tok, splits, config)
     clock.append(time.perf_counter())
-    version = _run_state(out_dir, resuming, data_hash(records), config)
+    digest = data_hash([*records, *(retrain.corrections if retrain else [])])
+    version = _run_state(out_dir, resuming, digest, config)
     resumed_from = last_checkpoint_step(out_dir / CHECKPOINTS) if resuming else 0
     resuming = resumed_from > 0
     if resuming:
         log.info("resuming run %s from step %d", version, resumed_from)
-    model, layers, targets = add_lora(model, config)
+    if retrain is None:
+        model, layers, targets = add_lora(model, config)
+    else:
+        model, layers, targets = warm_start(model, retrain.parent)
+        gate_sets = {"gate": retrain.gate_part, "synthetic": splits["test"][: config.eval_limit]}
+        report({"phase": "gate", "step": 0, "total": 0, "loss": None})
+        parent_scores = score(settings, model, tok, gate_sets, config)
     trainer, cache = fit(model, tok, sets, config, out_dir / CHECKPOINTS, device, report,
                          resuming, layers)
     clock.append(time.perf_counter())
@@ -261,6 +276,15 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
                                         version)
     clock.append(time.perf_counter())
     extra: dict[str, Any] = {"config": config.to_dict()}  # an extra field: hyper-parameters
+    if retrain is not None:
+        report({"phase": "gate", "step": steps, "total": steps, "loss": None})
+        new_scores = score(settings, model, tok, gate_sets, config)
+        passed, why = decide(parent_scores, new_scores, retrain.max_synth_drop)
+        extra["parent"] = retrain.parent_version
+        extra["gate"] = {"parent": parent_scores, "new": new_scores, "passed": passed,
+                         "reason": why, "gate_rows": len(retrain.gate_part),
+                         "correction_rows": len(retrain.train_part),
+                         "share": retrain.share}
     if run_id is not None:
         extra["task_id"] = run_id
     manifest = Manifest(
@@ -269,7 +293,8 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
         base_model=settings.base_model,
         base_model_hash=model_fingerprint(base_source),
         lora=config.lora_spec(targets, layers),
-        data={"hash": data_hash(records), "source": source, "rows": len(records),
+        data={"hash": digest, "source": source, "rows": len(records),
+              "corrections": len(retrain.corrections) if retrain else 0,
               **{s: len(v) for s, v in splits.items()}, "dropped": sets[0].dropped,
               "max_len": config.max_len, "train_tokens": sets[0].tokens},
         metrics={"train_loss": _last(history, "loss"), "eval_loss": _last(history, "eval_loss"),

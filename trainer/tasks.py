@@ -34,11 +34,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.adapters import check_version_name
 from core.errors import ConfigError, DataError, TiquError
 from core.manifest import MANIFEST_NAME, Manifest
 from core.names import KEY_PREFIX, TRAIN_TASK
 from core.settings import Settings
-from trainer.data import DataTooLarge, Record, SizeLimits, load_records, parse_row, row_bytes
+from trainer.data import (
+    DataTooLarge,
+    Record,
+    SizeLimits,
+    load_records,
+    parse_row,
+    row_bytes,
+    synth_records,
+)
 from trainer.lora import CHECKPOINTS, TrainConfig
 
 log = logging.getLogger("tiqu.train")
@@ -85,21 +94,44 @@ def size_limits(settings: Settings) -> SizeLimits:
 class TrainRequest(BaseModel):
     """One training job: data by ``data`` (a path the worker can read) or inline ``records``.
 
-    ``records`` rows may be in any format :func:`trainer.data.parse_row` reads.
+    ``records`` rows may be in any format :func:`trainer.data.parse_row` reads;
+    ``synth_rows`` asks for that many rows of the synthetic generator (extended
+    layouts, seed 1) instead, the replay data of a retrain.
     ``out`` defaults to ``<train_runs_root>/<task id>`` on the worker.
+
+    A retrain (trainer.retrain) names ``from_adapter``: a published version or
+    ``active``, never a path. ``corrections`` adds the stored corrections
+    (core.corrections) to the rows; ``promote_if_better`` publishes the run and
+    promotes it when it passes the gate.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     data: str | None = None
     records: list[dict[str, Any]] | None = Field(None, max_length=MAX_INLINE_ROWS)
+    synth_rows: int | None = Field(None, ge=1, le=MAX_INLINE_ROWS)
     out: str | None = None
     config: TrainConfig = Field(default_factory=TrainConfig)
+    from_adapter: str | None = None
+    corrections: bool = False
+    correction_share: float | None = Field(None, gt=0, lt=1)
+    promote_if_better: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> TrainRequest:
-        if (self.data is None) == (self.records is None):
-            raise ValueError("give exactly one of 'data' (a path) or 'records' (inline rows)")
+        given = [x is not None for x in (self.data, self.records, self.synth_rows)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of 'data' (a path), 'records' (inline rows) "
+                             "or 'synth_rows' (a number of synthetic rows)")
+        if self.from_adapter is not None and self.from_adapter != "active":
+            try:
+                check_version_name(self.from_adapter)  # a version, never a path
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+        if self.from_adapter is None and (self.corrections or self.promote_if_better
+                                          or self.correction_share is not None):
+            raise ValueError("corrections, correction_share and promote_if_better are "
+                             "for a retrain: name from_adapter")
         return self
 
     def load(self, limits: SizeLimits | None = None, data: Path | None = None) -> list[Record]:
@@ -109,6 +141,8 @@ class TrainRequest(BaseModel):
         rows and the whole set over ``limits`` raise :class:`DataTooLarge`.
         """
         limits = limits or SizeLimits()
+        if self.synth_rows is not None:
+            return synth_records(self.synth_rows, seed=1, extended=True)
         if self.data is not None:
             return load_records(data or self.data, limits)
         rows = self.records or []
@@ -213,11 +247,41 @@ def run_request(request: TrainRequest, settings: Settings, task_id: str,
         raise row_numbers_only(err) from None
     resume = any((out / CHECKPOINTS).glob("checkpoint-*"))
     config = request.config.replace(resume=True) if resume else request.config
+    records, retrain = retrain_of(request, settings, records)
     log.info("train task %s: %d rows, output %s%s", task_id, len(records), out,
              " (resuming)" if resume else "")
     manifest = train(settings, records, out, config, on_progress=report,
-                     source=None if data is None else str(data), run_id=task_id)
-    return {**manifest.model_dump(mode="json"), "run_dir": str(out)}
+                     source=None if data is None else str(data), run_id=task_id,
+                     retrain=retrain)
+    done = {**manifest.model_dump(mode="json"), "run_dir": str(out)}
+    if request.promote_if_better:
+        from trainer.retrain import publish_and_gate
+
+        done["promotion"] = publish_and_gate(settings, out, promote=True)
+    return done
+
+
+def retrain_of(request: TrainRequest, settings: Settings, records: list[Record]
+               ) -> tuple[list[Record], Any]:
+    """The rows to replay and the :class:`trainer.retrain.Retrain` a request asks for
+    (None without ``from_adapter``): the parent fetched from the registry, the
+    corrections from the rows (tag ``correction``) and, with ``corrections``, from the
+    stored stream."""
+    if request.from_adapter is None:
+        return records, None
+    from trainer.retrain import Retrain, resolve_parent, split_rows
+
+    records, corrections = split_rows(records)
+    if request.corrections:
+        from core import corrections as stored
+        from core.redis import client_from_url
+
+        client = client_from_url(settings.backend_url, settings)
+        corrections += [Record(text=c.text, gold=c.gold, tags=["correction"])
+                        for c in stored.load(client)]
+    parent, version = resolve_parent(settings, request.from_adapter, local=False)
+    share = {} if request.correction_share is None else {"share": request.correction_share}
+    return records, Retrain(parent, version, corrections, **share)
 
 
 class RunLease:
