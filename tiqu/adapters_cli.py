@@ -49,12 +49,25 @@ def add_parser(sub: Any) -> None:
     hist = acts.add_parser("history", help="promotions: when, from, to, why")
     hist.add_argument("-n", type=int, default=20, help="show the last N (0: all)")
     acts.add_parser("workers", help="what each worker reported serving, and its last error")
+    pack = acts.add_parser("pack", help="copy a finished run with its weights in bfloat16 "
+                                        "(half the size), ready to ship or publish")
+    pack.add_argument("dir", type=Path, help="the run folder (adapter/ + manifest.json)")
+    pack.add_argument("out", type=Path, help="the packed copy (absent or empty)")
+    pack.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    registry = Registry.from_settings(settings)
     action = args.action
+    if action == "pack":
+        from tiqu.pack import pack
+
+        packed = pack(args.dir, args.out, args.dtype)
+        info = packed.packed  # type: ignore[attr-defined]  # an extra manifest field
+        print(f"packed {packed.version} to {args.out}: {info['bytes_before']} -> "
+              f"{info['bytes_after']} bytes ({info['dtype']})")
+        return 0
+    registry = Registry.from_settings(settings)
     if action == "list":
         return _list(registry)
     if action == "show":

@@ -104,6 +104,7 @@ def _print_score(table: dict[str, dict[str, float]], n: int) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from inference.models import serving_adapter
     from producer.cli import send_all, write_in_order
     from producer.client import Client
 
@@ -130,9 +131,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         worker.terminate()
         worker.wait(60)
-    if not settings.adapter:
+    if serving_adapter(settings) is None:
         print("\nNote: this is the raw base model with no fine-tuned adapter, so the values "
-              "are often wrong or null (every value is still copied from the text). Train one "
-              "with `make adapter` (500 steps; its progress bar shows the ETA), then run "
-              "`TIQU_ADAPTER=runs/adapter/adapter make demo` (see docs/training.md).")
+              "are often wrong or null (every value is still copied from the text). "
+              "Without TIQU_ADAPTER the embedded default model serves the adapter shipped "
+              "with tiqu; `make adapter` trains one like it (see docs/training.md).")
     return 0

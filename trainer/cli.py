@@ -100,7 +100,8 @@ def _train_parser(sub: Any) -> None:
 def _eval_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="score the base model or an adapter on a data file")
     p.add_argument("--data", type=Path, required=True, help="seed, chat or gold rows")
-    p.add_argument("--adapter", type=Path, help="run folder or peft adapter folder")
+    p.add_argument("--adapter", type=Path, help="run folder or peft adapter folder; 'none' "
+                   "scores the base model alone (default: what a worker serves)")
     p.add_argument("--decoding", choices=["copy", "schema", "none"], help="default: settings")
     p.add_argument("--limit", type=int, help="score only the first N rows")
     p.add_argument("--batch-size", type=int, help="default: TIQU_BATCH_SIZE")
@@ -250,13 +251,16 @@ def submit(args: argparse.Namespace, settings: Settings, config: Any) -> int:
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     from inference.engine import Engine
+    from inference.models import NO_ADAPTER, serving_adapter
     from trainer.calibrate import format_confidence, plot_risk_coverage
     from trainer.data import load_records
     from trainer.evaluate import evaluate_engine, format_table, load_checked_adapter
 
     records = load_records(args.data)[: args.limit]
-    engine = Engine(settings.model_copy(update={"adapter": None}))
-    adapter = args.adapter or (Path(settings.adapter) if settings.adapter else None)
+    engine = Engine(settings.model_copy(update={"adapter": NO_ADAPTER}))
+    # what a worker would serve: TIQU_ADAPTER, else the shipped adapter of the default model
+    chosen = str(args.adapter) if args.adapter else serving_adapter(settings)
+    adapter = None if chosen in (None, NO_ADAPTER) else Path(chosen)
     if adapter is not None:
         load_checked_adapter(engine, adapter)
     mode = args.decoding or settings.decoding

@@ -231,10 +231,11 @@ def evaluate_model(settings: Any, model: Any, tok: Any, records: Sequence[Record
     """Score an in-memory model (e.g. one just trained) through the serving engine;
     its confidences are raw (no calibration map). ``pairs``: see :func:`evaluate_engine`."""
     from inference.engine import Engine
+    from inference.models import NO_ADAPTER
 
     model.eval()
     tok.padding_side = "left"  # generation pads on the left, as the engine's loader does
-    engine = Engine(settings.model_copy(update={"adapter": None}), model=model, tokenizer=tok)
+    engine = Engine(settings.model_copy(update={"adapter": NO_ADAPTER}), model=model, tokenizer=tok)
     engine.adapter_version = version
     return evaluate_engine(engine, records, mode, batch_size, progress, pairs=pairs)
 
