@@ -39,7 +39,7 @@ from core.manifest import ADAPTER_DIRNAME, Manifest, hash_folder
 from core.settings import Settings
 from trainer.config import Progress, TrainConfig, train_dtype
 from trainer.data import Record, data_hash, split_records
-from trainer.retrain import Retrain, decide, mix, score, warm_start
+from trainer.retrain import Retrain, mix, warm_start
 from trainer.sft import encode_records, fit
 
 __all__ = ["TrainConfig", "add_lora", "resolve_layers", "train", "train_dtype"]
@@ -263,9 +263,8 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
         model, layers, targets = add_lora(model, config)
     else:
         model, layers, targets = warm_start(model, retrain.parent)
-        gate_sets = {"gate": retrain.gate_part, "synthetic": splits["test"][: config.eval_limit]}
         report({"phase": "gate", "step": 0, "total": 0, "loss": None})
-        parent_scores = score(settings, model, tok, gate_sets, config)
+        retrain.score_parent(settings, model, tok, splits["test"][: config.eval_limit], config)
     trainer, cache = fit(model, tok, sets, config, out_dir / CHECKPOINTS, device, report,
                          resuming, layers)
     clock.append(time.perf_counter())
@@ -278,13 +277,8 @@ def train(settings: Settings, records: list[Record], out_dir: Path, config: Trai
     extra: dict[str, Any] = {"config": config.to_dict()}  # an extra field: hyper-parameters
     if retrain is not None:
         report({"phase": "gate", "step": steps, "total": steps, "loss": None})
-        new_scores = score(settings, model, tok, gate_sets, config)
-        passed, why = decide(parent_scores, new_scores, retrain.max_synth_drop)
-        extra["parent"] = retrain.parent_version
-        extra["gate"] = {"parent": parent_scores, "new": new_scores, "passed": passed,
-                         "reason": why, "gate_rows": len(retrain.gate_part),
-                         "correction_rows": len(retrain.train_part),
-                         "share": retrain.share}
+        synthetic = scores.get("overall", {}).get("field_exact") if splits["test"] else None
+        extra.update(retrain.score_child(settings, model, tok, config, synthetic))
     if run_id is not None:
         extra["task_id"] = run_id
     manifest = Manifest(

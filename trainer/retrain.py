@@ -103,6 +103,8 @@ class Retrain:
     max_synth_drop: float = MAX_SYNTH_DROP
     train_part: list[Record] = field(init=False)
     gate_part: list[Record] = field(init=False)
+    synthetic: list[Record] = field(init=False, default_factory=list)
+    parent_scores: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 < self.share < 1:
@@ -113,6 +115,32 @@ class Retrain:
                 f"{len(self.corrections)} corrections split into {len(self.train_part)} to "
                 f"train on and {len(self.gate_part)} for the gate; a retrain needs both "
                 "(collect more corrections)")
+
+    def score_parent(self, settings: Any, model: Any, tok: Any, synthetic: list[Record],
+                     config: TrainConfig) -> dict[str, float]:
+        """Score the warm-started model (still the parent) on the gate part and the
+        synthetic test rows ``synthetic``, before the first step."""
+        self.synthetic = synthetic
+        self.parent_scores = score(settings, model, tok, {"gate": self.gate_part,
+                                                          "synthetic": synthetic}, config)
+        return self.parent_scores
+
+    def score_child(self, settings: Any, model: Any, tok: Any, config: TrainConfig,
+                    synthetic: float | None = None) -> dict[str, Any]:
+        """The manifest's ``parent`` and ``gate`` after training. ``synthetic``: the
+        trained model's field exact on the same synthetic rows when already scored
+        (the run's own final eval), so they are not decoded twice."""
+        sets = {"gate": self.gate_part}
+        if synthetic is None:
+            sets["synthetic"] = self.synthetic
+        new = score(settings, model, tok, sets, config)
+        if synthetic is not None:
+            new["synthetic"] = round(float(synthetic), 4)
+        passed, why = decide(self.parent_scores, new, self.max_synth_drop)
+        return {"parent": self.parent_version,
+                "gate": {"parent": self.parent_scores, "new": new, "passed": passed,
+                         "reason": why, "gate_rows": len(self.gate_part),
+                         "correction_rows": len(self.train_part), "share": self.share}}
 
     def lora(self) -> dict[str, Any]:
         """The parent's rank, alpha, target modules and layers (its adapter_config.json)."""
