@@ -1,5 +1,5 @@
 """``tiqu data``: make synthetic data, check a data file, convert between formats,
-export the stored corrections.
+export the stored corrections, write the fresh-layout tickets.
 
 Every subcommand validates all rows first; on a bad file it prints every bad row
 to stderr, writes nothing and returns 1.
@@ -34,7 +34,7 @@ def add_parser(sub: Any) -> None:
     """Register ``data`` and its subcommands on the dispatcher's subparsers."""
     p = sub.add_parser("data", help="make, check and convert training data")
     cmds = p.add_subparsers(dest="data_command", required=True,
-                            metavar="{synth,check,convert,corrections}")
+                            metavar="{synth,check,convert,corrections,fresh}")
     synth = cmds.add_parser("synth", help="write N synthetic complaints")
     synth.add_argument("--n", type=_positive, default=1000, help="number of rows")
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
@@ -58,6 +58,13 @@ def add_parser(sub: Any) -> None:
     corrections = cmds.add_parser("corrections", help="export the stored corrections "
                                   "(latest per id and text) as gold-format JSONL")
     corrections.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    fresh = cmds.add_parser("fresh", help="write the fresh-layout tickets (chat, call notes, "
+                            "OCR'd forms, mixed Chinese/English) as gold-format JSONL, each "
+                            "row tagged with its part (pool or test)")
+    fresh.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    fresh.add_argument("--n", type=_positive, default=320, help="number of rows (default: "
+                       "320, the stored trainer/evalsets/fresh_v1.jsonl)")
+    fresh.add_argument("--seed", type=int, default=2026, help="random seed (same seed, same rows)")
     p.set_defaults(func=run)
 
 
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace, settings: Any = None) -> int:
 
     if args.data_command == "corrections":
         return _corrections(args, settings)
-    handlers = {"synth": _synth, "check": _check, "convert": _convert}
+    handlers = {"synth": _synth, "check": _check, "convert": _convert, "fresh": _fresh}
     try:
         return handlers[args.data_command](args)
     except DataError as err:
@@ -94,6 +101,18 @@ def _synth(args: argparse.Namespace) -> int:
         f"wrote {len(records)} {args.format} rows to {args.output} "
         f"(seed {args.seed}, data hash {data_hash(records)[:12]})"
     )
+    return 0
+
+
+def _fresh(args: argparse.Namespace) -> int:
+    from trainer.data import data_hash, save_records
+    from trainer.fresh import fresh_split, generate_fresh
+
+    records = generate_fresh(args.n, args.seed)
+    save_records(records, args.output, fmt="gold")
+    parts = ", ".join(f"{k} {len(v)}" for k, v in fresh_split(records).items())
+    print(f"wrote {len(records)} gold rows to {args.output} ({parts}; seed {args.seed}, "
+          f"data hash {data_hash(records)[:12]})")
     return 0
 
 
