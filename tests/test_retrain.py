@@ -184,3 +184,31 @@ def test_a_queued_retrain_names_a_version_never_a_path() -> None:
         TrainRequest.model_validate({"synth_rows": 10, "corrections": True})
     with pytest.raises(ValueError, match="exactly one"):
         TrainRequest.model_validate({"synth_rows": 10, "data": "x.jsonl"})
+
+
+def test_the_corrections_study_scores_the_parent_and_a_retrained_child(
+    runs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tiqu.cli import main
+    from trainer.data import load_records, save_records
+    from trainer.fresh import FRESH_PATH
+
+    settings, parent_dir, parent, *_ = runs
+    data = tmp_path / "fresh.jsonl"
+    save_records(load_records(FRESH_PATH)[:40], data, "gold")
+    monkeypatch.setenv("TIQU_BASE_MODEL", settings.base_model)
+    monkeypatch.setenv("TIQU_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("trainer.retrain.RETRAIN_CONFIG",
+                        {"max_steps": 1, "batch_size": 4, "eval_limit": 3, "progress": False,
+                         "max_len": 1024})
+    monkeypatch.setattr("trainer.retrain.REPLAY_ROWS", 12)
+    out = tmp_path / "study"
+    assert main(["study", "corrections", "--parent", str(parent_dir), "--data", str(data),
+                 "--ks", "0,16", "--out", str(out)]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert table["parent"] == parent.version and table["pool"] + table["test"] == 40
+    k0, k16 = table["rows"]
+    assert k0["k"] == 0 and "gate" not in k0 and k0["test"]["n"] == table["test"]
+    assert k16["gate"]["gate_rows"] + k16["gate"]["correction_rows"] == 16
+    assert k16["steps"] == 1 and k16["retrain_s"] > 0 and k16["test"]["n"] == table["test"]
+    assert (out / "k16" / "manifest.json").is_file()

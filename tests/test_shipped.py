@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigError
 from core.adapter_stores import verify_files
+from core.errors import ConfigError
 from core.manifest import Manifest, sha256_file
 from core.settings import DEFAULT_MODEL, Settings
 from inference import models
@@ -65,3 +65,24 @@ def test_pack_halves_the_weights_and_the_engine_serves_the_copy(
     assert engine.adapter_version == "local"
     with pytest.raises(ConfigError, match="not empty"):
         pack(run, tmp_path / "packed")
+
+
+def test_eval_calibrate_fits_the_maps_on_its_rows_and_writes_them_into_the_manifest(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tiqu.cli import main
+    from trainer.data import save_records, synth_records
+
+    run = make_adapter(tiny_model, tmp_path / "run", "v1", seed=1)
+    assert Manifest.load(run).calibration == {}
+    data = tmp_path / "rows.jsonl"
+    save_records(synth_records(24, seed=9), data, "gold")
+    monkeypatch.setenv("TIQU_BASE_MODEL", str(tiny_model))
+    monkeypatch.setenv("TIQU_DTYPE", "float32")
+    assert main(["eval", "--data", str(data), "--adapter", str(run), "--calibrate",
+                 "--no-progress"]) == 0
+    manifest = Manifest.load(run)
+    assert set(manifest.calibration) == {"name", "address", "email", "question"}
+    assert manifest.calibrated_on == {"data": "rows.jsonl", "rows": 24}  # type: ignore[attr-defined]
+    assert main(["eval", "--data", str(data), "--calibrate", "--no-progress",
+                 "--adapter", str(run / "adapter")]) == 1  # not a run folder: refused

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("trainer.cli_data", "synthesise, check and convert data sets"),
     "train": ("trainer.cli", "fine-tune a LoRA adapter (locally or on the train queue)"),
     "eval": ("trainer.cli", "score a model/adapter on a data set"),
+    "study": ("trainer.study", "what k corrections buy: retrain from an adapter, score"),
     "adapters": ("tiqu.adapters_cli", "list, publish, promote and roll back adapters"),
     "status": ("tiqu.status", "workers, GPUs, adapters, queue lengths, in-flight tasks"),
     "bench": ("tiqu.bench", "end-to-end throughput benchmark against the seed loop"),

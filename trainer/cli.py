@@ -111,6 +111,9 @@ def _eval_parser(sub: Any) -> None:
     p.add_argument("--predictions", type=Path,
                    help="write each row's text, gold, prediction and wrong fields (JSONL)")
     p.add_argument("--min-tag-rows", type=int, default=5, help="hide tags with fewer rows")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit the calibration maps on these rows (raw confidences) and write "
+                        "them into the run folder's manifest (--adapter RUN_DIR)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -250,6 +253,7 @@ def submit(args: argparse.Namespace, settings: Settings, config: Any) -> int:
 
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from core.errors import ConfigError
     from inference.engine import Engine
     from inference.models import NO_ADAPTER, serving_adapter
     from trainer.calibrate import format_confidence, plot_risk_coverage
@@ -263,6 +267,11 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     adapter = None if chosen in (None, NO_ADAPTER) else Path(chosen)
     if adapter is not None:
         load_checked_adapter(engine, adapter)
+    if args.calibrate:
+        if adapter is None or not (adapter / "manifest.json").is_file():
+            raise ConfigError("--calibrate writes into a run folder's manifest: give --adapter "
+                              "RUN_DIR")
+        engine.calibration = {}  # fit on the raw confidences
     mode = args.decoding or settings.decoding
     batch = args.batch_size or settings.batch_size
     rows: list[dict[str, Any]] | None = [] if args.predictions else None
@@ -286,4 +295,15 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         args.predictions.parent.mkdir(parents=True, exist_ok=True)
         args.predictions.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
                                             for r in rows))
+    if args.calibrate and adapter is not None:
+        from core.manifest import Manifest
+        from trainer.calibrate import fit_fields
+
+        manifest = Manifest.load(adapter)
+        manifest.calibration = fit_fields(pairs)
+        manifest.calibrated_on = {"data": Path(args.data).name,  # type: ignore[attr-defined]
+                                  "rows": len(records)}
+        manifest.save(adapter)
+        print(f"calibration of {sorted(manifest.calibration)} fitted on {len(records)} rows, "
+              f"written to {adapter / 'manifest.json'}")
     return 0
