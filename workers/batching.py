@@ -40,6 +40,7 @@ from celery_batches import Batches, consume_queue
 
 from core.names import REVIEW_AT_KEY, REVIEW_KEY, REVIEW_TEXT_PREFIX, result_key
 from core.transport import faults, liveness
+from core.transport.guard import Guard
 from core.transport.results import StoreFailed, store_once
 from workers.breaker import EXIT_CODE, EngineFailed
 
@@ -67,12 +68,23 @@ def text_of(request: Any) -> str:
 
 
 class ExtractBatches(Batches):
-    """Batches task whose flush stores per-task results before acking."""
+    """Batches task whose flush stores per-task results before acking.
+
+    celery-batches' documented hooks are ``Strategy`` (the consumer's handler for
+    this task's messages) and ``flush`` (runs a batch); both are overridden here.
+    Two fixes need its private flush machinery and are kept in this subclass:
+    :meth:`_do_flush` settles the fetch in flight before a batch runs, and
+    :meth:`rearm_flush_timer` restarts the flush timer after a reconnection.
+    """
 
     abstract = True
     runtime: Any = None  # workers.runtime.Runtime, set by the app
+    #: The worker's message guard (core.transport.guard), set by the app; its
+    #: settle_pending_pop runs before each flush.
+    guard: Guard | None = None
     result_ttl_s: int = 86400
     store_retry_s: float = 60.0
+    _tref: Any  # celery-batches' flush timer (Batches.__init__)
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,12 +95,15 @@ class ExtractBatches(Batches):
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Callable[..., None]:  # noqa: N802
         """celery-batches' buffering handler, which puts messages back once the breaker
-        is open; (re)arms the timer that settles what Redis refused."""
+        is open; (re)arms the timer that settles what Redis refused, and the flush
+        timer (:meth:`rearm_flush_timer`)."""
         self._consumer = consumer
         if self._settle_tref is not None:
             self._settle_tref.cancel()
         self._settle_tref = consumer.timer.call_repeatedly(SETTLE_EVERY_S, self.owed.settle)
         buffer = super().Strategy(task, app, consumer)
+        # Celery builds the strategies on every (re)connection (Tasks.start).
+        self.rearm_flush_timer(consumer.timer)
 
         def on_message(message: Any, *args: Any, **kwargs: Any) -> None:
             if self.runtime.breaker.opened:
@@ -97,6 +112,35 @@ class ExtractBatches(Batches):
             buffer(message, *args, **kwargs)
 
         return on_message
+
+    def _do_flush(self) -> None:
+        """celery-batches' flush of its buffers, after settling the fetch in flight.
+
+        Overrides the private ``Batches._do_flush``, which celery-batches runs from
+        its flush timer and on every ``flush_every``-th message (``Batches.Strategy``
+        captures ``self._do_flush``). It has no hook before a batch runs, and a
+        batch flushed by the timer runs while the next fetch is in flight: a
+        message arriving meanwhile would wait in the socket until the batch ends,
+        and a SIGKILL would lose it (core.transport.guard.Guard.settle_pending_pop).
+        """
+        if self.guard is not None:
+            self.guard.settle_pending_pop()
+        super()._do_flush()
+
+    def rearm_flush_timer(self, timer: Any) -> None:
+        """Restart the flush timer when the consumer (re)starts with requests held.
+
+        On connection loss Celery clears the loop's timers, but celery-batches
+        keeps its stale handle (``Batches._tref``) and ``Batches.Strategy`` starts a
+        new timer only while that is ``None``: a partial batch would wait for
+        ``flush_every`` more messages. Upstream behaviour, fixed here with its
+        private ``_tref``, ``_buffer`` and ``_pending``.
+        """
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        if self._buffer.qsize() or self._pending.qsize():
+            self._tref = timer.call_repeatedly(self.flush_interval, self._do_flush)
 
     def flush(self, requests: Any) -> None:
         requests = list(requests)

@@ -1,8 +1,12 @@
 """The Celery app for ``celery -A workers worker -Q extract --pool solo``.
 
 Settings come from ``TIQU_*`` environment variables, built once here (the
-entry point). The model loads once per worker process, after the worker is
-set up and before it consumes; never in a parent that later forks.
+entry point). The broker is reached through tiqu's kombu transport
+(core.transport.kombu_redis, selected by module path; the URL stays
+``TIQU_REDIS_URL``), and the message guard (core.transport.guard) is installed
+before the batch task, which settles the guard's fetch before each flush. The
+model loads once per worker process, after the worker is set up and before it
+consumes; never in a parent that later forks.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from celery import signals
 from core.names import EXTRACT_QUEUE, EXTRACT_TASK
 from core.queue import make_celery
 from core.settings import Settings
-from core.transport import faults, guard
+from core.transport import faults, guard, kombu_redis
 from workers import control, hotswap, metrics
 from workers.batching import ExtractBatches
 from workers.runtime import Runtime
@@ -23,7 +27,9 @@ from workers.runtime import Runtime
 settings = Settings()
 faults.arm(settings.fault_point)
 app = make_celery(settings)
+app.conf.update(kombu_redis.broker_settings(settings.redis_url))
 runtime = Runtime(settings, engine_kind=settings.engine)
+message_guard = guard.install(app, runtime, settings)
 
 log = logging.getLogger("tiqu.worker")
 
@@ -35,6 +41,7 @@ log = logging.getLogger("tiqu.worker")
     flush_every=settings.batch_size,
     flush_interval=settings.flush_interval_s,
     runtime=runtime,
+    guard=message_guard,
     result_ttl_s=settings.result_ttl_s,
     store_retry_s=settings.store_retry_s,
 )
@@ -42,7 +49,7 @@ def extract(self: Any, requests: Any) -> None:  # pragma: no cover - flush runs 
     """Batches of ``{"text", "id"}`` payloads; see ExtractBatches.flush."""
 
 
-for _plugin in (guard, hotswap, metrics, control):
+for _plugin in (hotswap, metrics, control):
     _plugin.install(app, runtime, settings)
 
 

@@ -1,4 +1,10 @@
-"""The Redis transport, made safe: no popped message only in a socket, no crash on garbage.
+"""Reliable fetch and hostile queue items: what tiqu's kombu transport does, and why.
+
+The kombu side (the channel that sends the fetch, reads the reply and writes
+the records) is :mod:`core.transport.kombu_redis`; this module holds the
+policy it applies, free of kombu: the in-flight list (:class:`InFlight`), the
+sorting of fetched items (:func:`classify`, :func:`refuse`), dead letters and
+the sweep (:func:`tend`).
 
 kombu takes a message with BRPOP and records it as unacknowledged only after
 reading the reply, so a worker killed in between loses it: the message has
@@ -8,7 +14,8 @@ instead, which moves the message atomically onto a list of the worker's own
 (``tiqu:inflight:<queue>:<node>``, registered in the set ``tiqu:inflight``);
 it leaves that list in the same transaction that records it as unacknowledged.
 When the queue holds more, one fetch takes up to ``FETCH_MAX`` messages in two
-round trips and records them all in a third (:func:`_record`).
+round trips and records them all in a third
+(:meth:`core.transport.kombu_redis.Channel.record`).
 
 :func:`tend` runs every few seconds on each worker: it refreshes the worker's
 liveness key (``tiqu:alive:<node>``), puts its own leftovers back on the queue
@@ -42,11 +49,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from queue import Empty
 from typing import Any, NamedTuple
 
 from core.names import DEAD_LETTER_KEY, DEAD_LETTER_MAX, KEY_PREFIX
-from core.transport import faults, liveness
+from core.transport import liveness
 from core.validation import nesting_exceeds, usable_task_id
 
 log = logging.getLogger("tiqu.fetch")
@@ -54,8 +60,13 @@ log = logging.getLogger("tiqu.fetch")
 REGISTRY_KEY = KEY_PREFIX + "inflight"
 INFLIGHT_PREFIX = KEY_PREFIX + "inflight:"
 ALIVE_PREFIX = KEY_PREFIX + "alive:"
-_PATCHED = "_tiqu_patched"
-CLIENT_ID = "_tiqu_client_id"
+#: URL schemes and the transport classes that fetch this way (core.transport.kombu_redis),
+#: for :func:`patch_redis_transport`.
+TRANSPORT_ALIASES = {
+    "redis": "core.transport.kombu_redis:Transport",
+    "rediss": "core.transport.kombu_redis:Transport",
+    "sentinel": "core.transport.kombu_redis:SentinelTransport",
+}
 
 
 @dataclass(frozen=True)
@@ -82,26 +93,12 @@ class InFlight:
         return ALIVE_PREFIX + self.node
 
 
-def start(channel: Any, inflight: InFlight, timeout: Any) -> bool:
-    """Send ``BRPOPLPUSH`` in place of kombu's BRPOP; ``False`` where it does not apply."""
-    keys = [channel._q_for_pri(q, p) for q in channel.active_queues
-            for p in channel.priority_steps]
-    if keys != [inflight.queue] or channel.global_keyprefix:
-        return False
-    channel._in_poll = channel.client.connection
-    channel._brpop_sent_at = time.monotonic()
-    channel._tiqu_fetching = True
-    wait = channel.brpop_timeout if timeout is None else timeout
-    channel.client.connection.send_command("BRPOPLPUSH", inflight.queue, inflight.key, wait or 0)
-    return True
-
-
 #: Seconds a fetch waits after Redis refused it, so that the loop does not spin.
 REFUSED_PAUSE_S = 1.0
 _refusals_logged_at = 0.0
 
 
-def _refused(err: BaseException) -> bool:
+def refused_for_now(err: BaseException) -> bool:
     """Whether a fetch failed because Redis refuses writes for now (or unblocked it)."""
     from core.transport.results import retryable
 
@@ -112,51 +109,6 @@ def _refused(err: BaseException) -> bool:
         _refusals_logged_at = time.monotonic()
         log.warning("Redis refused a fetch (%s); fetching again in %.0f s",
                     type(err).__name__, REFUSED_PAUSE_S)
-    return True
-
-
-def read(channel: Any) -> bool:
-    """Read a ``BRPOPLPUSH`` reply and deliver its message, as kombu's ``_brpop_read`` does."""
-    from kombu.utils.encoding import bytes_to_str
-    from kombu.utils.json import loads
-
-    inflight: InFlight = channel._tiqu_inflight
-    try:
-        try:
-            item = channel.client.parse_response(channel.client.connection, "BRPOPLPUSH")
-        except channel.connection_errors:
-            channel.client.connection.disconnect()
-            raise
-        except Exception as err:  # refused for now (OOM, READONLY): wait, never stop the worker
-            if not _refused(err):
-                raise
-            time.sleep(REFUSED_PAUSE_S)
-            raise Empty() from err
-        if item is None:
-            raise Empty()
-        channel._queue_cycle.rotate(inflight.queue)
-    finally:
-        channel._in_poll = None
-        channel._tiqu_fetching = False
-        if hasattr(channel, "_flush_brpop_reauth"):
-            channel._flush_brpop_reauth()
-    items = [item, *_fetch_more(channel, inflight)]
-    faults.point("after_fetch")
-    sorted_out = [classify(x, inflight.max_message_bytes, loads, bytes_to_str) for x in items]
-    fetched = [(x, p) for x, p in zip(items, sorted_out, strict=True) if isinstance(p, dict)]
-    refuse(channel, inflight, [p for p in sorted_out if isinstance(p, Refused)])
-    _record(channel, inflight, fetched)
-    faults.point("after_record")
-    try:
-        for _raw, payload in fetched:
-            channel.connection._deliver(payload, inflight.queue)
-    finally:
-        # Recorded as unacknowledged but never delivered (a delivery raised): back on
-        # the queue now, not after the visibility timeout.
-        left = channel._tiqu_recorded
-        for tag in sorted(left):
-            channel.qos.restore_by_tag(tag, client=_client(channel))
-        left.clear()
     return True
 
 
@@ -220,7 +172,7 @@ def mint_tag(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def refuse(channel: Any, inflight: InFlight, refused: list[Refused]) -> None:
+def refuse(client: Any, inflight: InFlight, refused: list[Refused]) -> None:
     """Answer refused items that have a task id, dead-letter the others, take all off the list.
 
     Answers go first (``SET NX``: a repeat is harmless); the dead letters and the
@@ -236,7 +188,7 @@ def refuse(channel: Any, inflight: InFlight, refused: list[Refused]) -> None:
     try:
         if answered and inflight.answer is not None:
             inflight.answer([(str(r.task_id), r.code, r.reason) for r in answered])
-        pipe = _client(channel).pipeline()
+        pipe = client.pipeline()
         dead_letter(pipe, [dead_letter_entry(r.code, len(r.raw), inflight.queue)
                            for r in refused if r not in answered])
         for r in refused:
@@ -260,68 +212,9 @@ def dead_letter(pipe: Any, entries: list[str]) -> None:
         pipe.ltrim(DEAD_LETTER_KEY, 0, DEAD_LETTER_MAX - 1)
 
 
-def _record(channel: Any, inflight: InFlight, fetched: list[tuple[Any, dict[str, Any]]]) -> None:
-    """Record fetched messages as unacknowledged and take them off the list, at once.
-
-    One ``MULTI``/``EXEC`` writes what kombu's ``QoS.append`` writes for each
-    (``ZADD`` to the unacked index, ``HSET`` of ``[message, exchange,
-    routing_key]``) and removes them from the in-flight list, so each is in
-    exactly one of the two. kombu does this per message, with a new redis client
-    each time, as the message is delivered; the patched ``append`` then only
-    does the in-memory part for these delivery tags. On a fast engine that
-    per-message round trip was half of the worker's time.
-    """
-    channel._tiqu_recorded = set()
-    if not fetched:
-        return
-    from kombu.utils.json import dumps
-
-    qos = channel.qos
-    now = time.time()
-    rows = {}
-    for _raw, payload in fetched:
-        props = payload["properties"]
-        info = props["delivery_info"]
-        rows[props["delivery_tag"]] = dumps([payload, info["exchange"], info["routing_key"]])
-    pipe = _client(channel).pipeline()
-    pipe.zadd(qos.unacked_index_key, dict.fromkeys(rows, now))
-    pipe.hset(qos.unacked_key, mapping=rows)
-    liveness.hold(pipe, inflight.node, list(rows), inflight.held_ttl_s)
-    for raw, _ in fetched:
-        pipe.lrem(inflight.key, 1, raw)
-    pipe.execute()
-    channel._tiqu_recorded = set(rows)
-
-
 #: Most messages one fetch takes: the first by ``BRPOPLPUSH``, the rest by a
 #: pipeline of ``RPOPLPUSH`` (one round trip), within the prefetch limit.
 FETCH_MAX = 64
-
-
-def _fetch_more(channel: Any, inflight: InFlight) -> list[Any]:
-    """Up to ``FETCH_MAX - 1`` more messages, moved onto the in-flight list at once.
-
-    After a blocking fetch returned one message, the queue often holds more;
-    taking them one blocking round trip each cost a third of a fast engine's
-    worker time. Each ``RPOPLPUSH`` is atomic, so the messages are on the queue
-    or on the list, as for the first.
-    """
-    room = channel.qos.can_consume_max_estimate()
-    n = min(FETCH_MAX, room if room is not None else 1) - 1
-    if n <= 0:
-        return []
-    pipe = _client(channel).pipeline(transaction=False)
-    for _ in range(n):
-        pipe.rpoplpush(inflight.queue, inflight.key)
-    return [x for x in pipe.execute() if x is not None]
-
-
-def _client(channel: Any) -> Any:
-    """A redis client kept on the channel (kombu builds a new one per call)."""
-    client = getattr(channel, "_tiqu_client", None)
-    if client is None:
-        client = channel._tiqu_client = channel._create_client()
-    return client
 
 
 def register(client: Any, inflight: InFlight) -> None:
@@ -386,84 +279,19 @@ def envelope_problem(raw: Any) -> str | None:
     return None
 
 
-def remember_client_id(conn: Any) -> None:
-    """Cache the server's id for ``conn`` (CLIENT ID), once per socket, before a fetch."""
-    sock = getattr(conn, "_sock", None)
-    if sock is None or getattr(conn, "_tiqu_sock", None) is sock:
-        return
-    conn._tiqu_sock = sock
-    setattr(conn, CLIENT_ID, None)
-    try:
-        conn.send_command("CLIENT", "ID")
-        setattr(conn, CLIENT_ID, int(conn.read_response()))
-    except Exception as err:  # CLIENT may be disabled; settling then waits for the reply
-        log.info("no CLIENT ID for the consuming connection: %s", type(err).__name__)
-
-
 def patch_redis_transport() -> None:
-    """Install reliable fetch and the garbage filter on kombu's Redis transport (once)."""
-    from kombu.transport import redis as kredis
-    from kombu.transport import virtual
+    """Make ``kombu.Connection("redis://...")`` opened without a transport use tiqu's.
 
-    channel = kredis.Channel
-    if getattr(channel, _PATCHED, False):
-        return
-    channel._brpop_start = _wrap_start(channel._brpop_start)  # type: ignore[method-assign]
-    channel._brpop_read = _wrap_read(channel._brpop_read)  # type: ignore[method-assign]
-    original_deliver: Any = kredis.Transport._deliver  # kombu leaves these untyped
-    original_append: Any = kredis.QoS.append
+    The worker apps select :mod:`core.transport.kombu_redis` by module path
+    (``broker_transport``) and do not call this. It is for code that opens its
+    own kombu ``Connection`` from a URL (tests/test_fetch.py): it points kombu's
+    URL-scheme aliases (``kombu.transport.TRANSPORT_ALIASES``, the table kombu
+    resolves a URL's scheme through) at the subclasses, and forgets the classes
+    kombu resolved for those schemes before. kombu's own classes are not changed.
+    The paths are strings, resolved by kombu when a connection needs them.
+    """
+    from kombu import transport
 
-    def _deliver(self: Any, message: Any, queue: str) -> Any:
-        problem = envelope_problem(message)
-        if problem is not None:
-            raise UnreadableMessage(problem)
-        return original_deliver(self, message, queue)
-
-    def append(self: Any, message: Any, delivery_tag: str) -> Any:
-        done = getattr(self.channel, "_tiqu_recorded", None)
-        if done and delivery_tag in done:  # in Redis already (_record)
-            done.discard(delivery_tag)
-            return virtual.QoS.append(self, message, delivery_tag)
-        return original_append(self, message, delivery_tag)
-
-    kredis.Transport._deliver = _deliver  # type: ignore[method-assign]
-    kredis.QoS.append = append  # type: ignore[method-assign]
-    setattr(channel, _PATCHED, True)
-
-
-def _dead_letter_now(channel: Any, reason: str) -> None:
-    try:
-        with channel.conn_or_acquire() as client:
-            pipe = client.pipeline()
-            dead_letter(pipe, [dead_letter_entry(reason, None, None)])
-            pipe.execute()
-    except Exception as err:  # logged above already; nothing of the item is left to keep
-        log.warning("could not dead-letter: %s", type(err).__name__)
-
-
-def _wrap_start(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _brpop_start(self: Any, timeout: Any = None) -> Any:
-        remember_client_id(self.client.connection)
-        self._tiqu_fetching = False
-        inflight = getattr(self, "_tiqu_inflight", None)
-        if inflight is not None and start(self, inflight, timeout):
-            return None
-        return original(self, timeout)
-
-    return _brpop_start
-
-
-def _wrap_read(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _brpop_read(self: Any, **options: Any) -> Any:
-        fetching = getattr(self, "_tiqu_fetching", False)
-        try:
-            return read(self) if fetching else original(self, **options)
-        except (ValueError, KeyError, TypeError, RecursionError) as err:  # JSON, base64, shape
-            # Other errors' messages can quote the item; log only their type.
-            reason = str(err) if isinstance(err, UnreadableMessage) else type(err).__name__
-            log.error("dropped an unreadable message from the broker: %s", reason)
-            if not fetching:  # kombu's BRPOP took it: its size and queue are unknown here
-                _dead_letter_now(self, "unreadable_message")
-            return True
-
-    return _brpop_read
+    for scheme, path in TRANSPORT_ALIASES.items():
+        transport.TRANSPORT_ALIASES[scheme] = path
+        transport._transport_cache.pop(scheme, None)  # kombu caches a resolved alias

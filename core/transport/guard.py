@@ -6,21 +6,25 @@ log the whole body and headers (complaint text, and a foreign client's
 worker, which gets the same message again after a restart. The guard works
 from the wire inwards:
 
-1. Transport (core.transport.fetch): a worker consuming one queue fetches with
-   BRPOPLPUSH onto an in-flight list, so a SIGKILL never loses a popped
-   message; an item over ``max_message_bytes``, not JSON, nested too deep or
-   not a kombu message is refused there, before kombu reads it.
-2. Consumer: Celery's handlers for undecodable, disallowed (pickle, YAML),
-   invalid and unknown-task messages are replaced, and headers are checked
-   before Celery looks up the task: protocol 2, a usable task id, no ETA
-   (celery-batches would hold the message, and its prefetch slot, in its
-   pending list), ``expires`` not passed.
+1. Transport (core.transport.kombu_redis, policy in core.transport.fetch): a
+   worker consuming one queue fetches with BRPOPLPUSH onto an in-flight list,
+   so a SIGKILL never loses a popped message; an item over
+   ``max_message_bytes``, not JSON, nested too deep or not a kombu message is
+   refused there, before kombu reads it. The guard gives the channel its
+   in-flight list (:meth:`Guard.start_fetch`).
+2. Consumer (:func:`consumer_class`, Celery's ``worker_consumer``): Celery's
+   handlers for undecodable, disallowed (pickle, YAML), invalid and
+   unknown-task messages are overridden, and headers are checked before Celery
+   looks up the task: protocol 2, a usable task id, no ETA (celery-batches
+   would hold the message, and its prefetch slot, in its pending list),
+   ``expires`` not passed.
 3. Strategy: the body is decoded (``accept_content``: JSON only), its nesting
    bounded (``MAX_BODY_DEPTH``) and its shape checked (``[args, kwargs,
    embed]``) before it reaches the batch buffer.
-4. Batches: a flush run by the timer first settles kombu's in-flight BRPOP
-   (see :meth:`Guard.settle_pending_pop`), and the flush timer is re-armed
-   after a reconnection (see :func:`rearm_flush_timer`).
+4. Batches: a flush run by the timer first settles the fetch in flight
+   (:meth:`Guard.settle_pending_pop`, called by
+   ``workers.batching.ExtractBatches``, which also re-arms its flush timer
+   after a reconnection).
 
 A refused message is rejected without running and logged with its task id,
 content type, body length and code, never its body or headers. When its task
@@ -42,12 +46,14 @@ from typing import Any, NamedTuple
 
 import redis
 from celery import bootsteps
+from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.transport import redis as kredis
 
 from core.redis import client_from_url
 from core.schema import Envelope
 from core.settings import Settings
-from core.transport import fetch, liveness
+from core.transport import fetch, kombu_redis, liveness
 from core.transport.results import StoreFailed, store_once
 from core.validation import MAX_TASK_ID_CHARS, nesting_exceeds, usable_task_id
 
@@ -55,7 +61,6 @@ log = logging.getLogger("tiqu.guard")
 
 #: Deepest JSON nesting of a task body; ``[args, {"text", "id"}, embed]`` is 2 or 3 deep.
 MAX_BODY_DEPTH = 32
-_GUARDED = "_tiqu_guarded"
 
 
 class Problem(NamedTuple):
@@ -184,7 +189,8 @@ class Guard:
         self.settings = settings
         self.allow_eta = allow_eta
         self.hostname = ""
-        self.channel: Any = None  # the Redis channel tasks are consumed from
+        #: The Redis channel tasks are consumed from (None on other transports).
+        self.channel: kombu_redis.Channel | None = None
         self.delivering = False  # inside Celery's handler for one message
         self.inflight: fetch.InFlight | None = None
         self._tend: Any = None  # the timer entry that runs tend()
@@ -259,8 +265,6 @@ class Guard:
     # --- wrappers ------------------------------------------------------------------
     def wrap_strategy(self, strategy: Callable[..., Any]) -> Callable[..., Any]:
         """A task strategy that first checks the body, so only sound messages are buffered."""
-        if getattr(strategy, _GUARDED, False):
-            return strategy
 
         def guarded(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
             problem = payload_problem(message, body)
@@ -268,7 +272,6 @@ class Guard:
                 return self.refuse(message, problem)
             return strategy(message, body, *args, **kwargs)
 
-        setattr(guarded, _GUARDED, True)
         return guarded
 
     def wrap_handler(self, handler: Callable[[Any], Any],
@@ -297,18 +300,6 @@ class Guard:
         return on_task_received
 
     # --- no message only in a socket buffer while a batch runs -------------------------
-    def wrap_flush(self, do_flush: Callable[[], Any]) -> Callable[[], Any]:
-        """A batch flush that first settles a BRPOP still in flight."""
-        if getattr(do_flush, _GUARDED, False):
-            return do_flush
-
-        def flush() -> Any:
-            self.settle_pending_pop()
-            return do_flush()
-
-        setattr(flush, _GUARDED, True)
-        return flush
-
     def settle_pending_pop(self) -> None:
         """Make sure no popped message exists only in this worker's socket buffer.
 
@@ -322,18 +313,10 @@ class Guard:
         has been read already.
         """
         channel = self.channel
-        conn = getattr(channel, "_in_poll", None)
-        if self.delivering or not conn:
+        if self.delivering or channel is None or not channel.fetch_outstanding():
             return
         try:
-            client_id = getattr(conn, fetch.CLIENT_ID, None)
-            if client_id is not None:
-                with channel.conn_or_acquire() as client:
-                    client.execute_command("CLIENT", "UNBLOCK", client_id)
-            # Without CLIENT UNBLOCK the reply still comes within brpop_timeout.
-            if conn.can_read(timeout=channel.brpop_timeout + 2):
-                channel._brpop_read()
-            else:
+            if not channel.settle_fetch():
                 log.warning("no reply to the pending BRPOP; the batch runs with it in flight")
         except Empty:
             pass  # unblocked, or timed out: nothing was popped
@@ -351,7 +334,7 @@ class Guard:
                                        held_ttl_s=timing.held_ttl_s,
                                        max_message_bytes=self.settings.max_message_bytes,
                                        answer=self.answer)
-        self.channel._tiqu_inflight = self.inflight
+        self.channel.use_inflight(self.inflight)
         with self.channel.conn_or_acquire() as client:
             # A node starting under the name of one that died holds nothing yet:
             # what the dead one held goes back now, not when its key expires.
@@ -362,7 +345,7 @@ class Guard:
             client_from_url(self.settings.redis_url, self.settings, socket_timeout=5,
                             socket_connect_timeout=5), c.hostname, self.inflight.alive_key,
             qos.unacked_key, timing, fence=liveness.FENCE, restore=self.restore,
-            holding=lambda: list(qos._delivered))
+            holding=qos.held_tags)
         self.heartbeat.start()
         self._tend = c.timer.call_repeatedly(timing.sweep_s, self.tend)
 
@@ -385,55 +368,96 @@ class Guard:
 
     def restore(self, tag: str) -> None:
         """Put one unacknowledged message back on its queue (atomic; no-op when gone)."""
-        with self.channel.conn_or_acquire() as client:
-            self.channel.qos.restore_by_tag(tag, client=client)
+        channel = self.channel
+        if channel is None:
+            return
+        with channel.conn_or_acquire() as client:
+            channel.qos.restore_by_tag(tag, client=client)
 
     def tend(self) -> None:
         """Settle the pending fetch, then requeue orphaned in-flight messages."""
-        if self.delivering or self.inflight is None:
+        channel = self.channel
+        if self.delivering or self.inflight is None or channel is None:
             return
         try:
             self.settle_pending_pop()
-            with self.channel.conn_or_acquire() as client:
-                fetch.tend(client, self.inflight, idle=self.channel._in_poll is None,
+            with channel.conn_or_acquire() as client:
+                fetch.tend(client, self.inflight, idle=channel.fetch_idle(),
                            restore=self.restore)
         except Exception as err:  # Redis away: the next tick tries again
             log.warning("could not tend in-flight messages: %s", type(err).__name__)
 
 
+class NotTiquTransport(RuntimeError):
+    """The worker consumes through kombu's own Redis transport, not core.transport.kombu_redis."""
+
+
+def consumed_channel(c: Any) -> kombu_redis.Channel | None:
+    """The Redis channel the consumer ``c`` takes tasks from; ``None`` on other transports.
+
+    Raises :class:`NotTiquTransport` for kombu's stock Redis channel: a worker
+    on it would run without reliable fetch and without the garbage filter.
+    """
+    channel = getattr(c.task_consumer, "channel", None)
+    if isinstance(channel, kombu_redis.Channel):
+        return channel
+    if isinstance(channel, kredis.Channel):
+        raise NotTiquTransport(
+            f"the worker consumes through {type(channel).__module__}."
+            f"{type(channel).__qualname__}; select tiqu's transport with "
+            "app.conf.update(core.transport.kombu_redis.broker_settings(url))")
+    return None
+
+
+def consumer_class(guard: Guard) -> type[Consumer]:
+    """Celery's consumer with ``guard`` in front of every task message.
+
+    Installed as Celery's ``worker_consumer``. The task consumer
+    (``Tasks.start``) reads ``on_decode_error``, and ``create_task_handler``
+    reads the other three handlers, when the consumer (re)starts.
+    """
+
+    class GuardedConsumer(Consumer):
+        """Celery's Consumer; bad messages are refused by the guard, never logged whole."""
+
+        def on_decode_error(self, message: Any, exc: BaseException) -> None:
+            guard.on_decode_error(message, exc)
+
+        def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+            guard.on_invalid_task(body, message, exc)
+
+        def on_unknown_message(self, body: Any, message: Any) -> None:
+            guard.on_unknown_message(body, message)
+
+        def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
+            guard.on_unknown_task(body, message, exc)
+
+        def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+            handler = super().create_task_handler(*args, **kwargs)
+            return guard.wrap_handler(handler, self.connection_errors)
+
+        def update_strategies(self) -> None:
+            """Celery's strategies, each checking the body first (``Tasks.start`` runs this on
+            every (re)connection)."""
+            super().update_strategies()
+            for name, strategy in list(self.strategies.items()):
+                self.strategies[name] = guard.wrap_strategy(strategy)
+
+    return GuardedConsumer
+
+
 def consumer_step(guard: Guard) -> type[bootsteps.StartStopStep]:
-    """A consumer bootstep that puts ``guard`` in front of every task message."""
+    """A consumer bootstep that starts and stops the guard's fetch and liveness."""
 
     class GuardStep(bootsteps.StartStopStep):
-        """Installs the guard's callbacks; runs after the task consumer is set up."""
+        """Gives the channel its in-flight list; runs after the task consumer is set up."""
 
         requires = ("celery.worker.consumer.tasks:Tasks",)
 
-        def __init__(self, c: Any, **kwargs: Any) -> None:
-            super().__init__(c, **kwargs)
-            # Instance attributes win over Consumer's methods; the task consumer
-            # (Tasks.start) and the event loop read them after this runs.
-            c.on_decode_error = guard.on_decode_error
-            c.on_invalid_task = guard.on_invalid_task
-            c.on_unknown_message = guard.on_unknown_message
-            c.on_unknown_task = guard.on_unknown_task
-            create = c.create_task_handler
-            c.create_task_handler = lambda: guard.wrap_handler(create(), c.connection_errors)
-            # Before Tasks.start builds the strategies, which capture _do_flush.
-            for task in c.app.tasks.values():
-                if hasattr(task, "_do_flush"):
-                    task._do_flush = guard.wrap_flush(task._do_flush)
-
         def start(self, c: Any) -> None:
             guard.hostname = c.hostname
-            channel = getattr(c.task_consumer, "channel", None)
-            guard.channel = channel if hasattr(channel, "_brpop_read") else None
+            guard.channel = consumed_channel(c)
             guard.start_fetch(c)
-            # Tasks.start rebuilds the strategies on every (re)connection.
-            for name, strategy in list(c.strategies.items()):
-                c.strategies[name] = guard.wrap_strategy(strategy)
-            for task in c.app.tasks.values():
-                rearm_flush_timer(task, c.timer)
 
         def stop(self, c: Any) -> None:
             guard.stop_fetch(shutdown=False)
@@ -444,29 +468,14 @@ def consumer_step(guard: Guard) -> type[bootsteps.StartStopStep]:
     return GuardStep
 
 
-def rearm_flush_timer(task: Any, timer: Any) -> None:
-    """Restart a celery-batches task's flush timer after the consumer (re)starts.
-
-    On connection loss Celery clears the loop's timers, but the task keeps its
-    stale timer handle and starts a new timer only when it is ``None``: a
-    partial batch would wait for ``flush_every`` more messages.
-    """
-    if not hasattr(task, "_do_flush") or not hasattr(task, "_tref"):
-        return
-    if task._tref is not None:
-        task._tref.cancel()
-        task._tref = None
-    if task._buffer.qsize() or task._pending.qsize():
-        task._tref = timer.call_repeatedly(task.flush_interval, task._do_flush)
-
-
 def install(app: Any, runtime: Any, settings: Settings, allow_eta: bool = False) -> Guard:
     """Turn undecodable or disallowed messages into error envelopes where possible.
 
-    Registers the consumer bootstep on ``app`` and patches the Redis transport
-    (core.transport.fetch: reliable fetch, garbage filter).
+    Makes ``app``'s workers use the guarded consumer (``worker_consumer``) and
+    registers the bootstep that starts reliable fetch. The app selects the
+    transport itself (:func:`core.transport.kombu_redis.broker_settings`).
     """
     guard = Guard(app, settings, allow_eta=allow_eta)
+    app.conf.update(worker_consumer=consumer_class(guard))
     app.steps["consumer"].add(consumer_step(guard))
-    fetch.patch_redis_transport()
     return guard

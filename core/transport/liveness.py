@@ -5,7 +5,7 @@ kombu's Redis transport keeps every unacknowledged message in one hash
 timeout (an hour by default) has passed. tiqu adds an owner:
 
 - When a worker records fetched messages as unacknowledged
-  (:func:`core.transport.fetch._record`), the same transaction adds their delivery
+  (:meth:`core.transport.kombu_redis.Channel.record`), the same transaction adds their delivery
   tags to the worker's *held* set, ``tiqu:held:<node>``.
 - A :class:`Heartbeat` thread refreshes the worker's liveness key
   ``tiqu:alive:<node>`` every few seconds, also while a batch runs (the
