@@ -6,9 +6,11 @@ No model and no Redis: these tests read configs, parsers and the import graph.
 from __future__ import annotations
 
 import argparse
+import ast
 import shutil
 import subprocess
 import sys
+import textwrap
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -127,3 +129,160 @@ def test_field_exact_folds_width_and_whitespace_everywhere() -> None:
     gold = {"name": "张三", "address": None, "email": "a@b.cn", "question": "退款。"}
     wide = {**gold, "email": "ａ@ｂ.cn", "question": " 退款。 "}
     assert field_exact([wide], [gold]) == 1.0
+
+
+# --- no patching of kombu, Celery or celery-batches -----------------------------------
+
+#: The only modules that may write attributes of kombu, Celery or celery-batches objects:
+#: the transport subclasses and the batch task subclass.
+_MAY_WRITE_LIBRARY_ATTRIBUTES = {"core/transport/kombu_redis.py", "workers/batching.py"}
+_LIBRARIES = ("kombu", "celery", "celery_batches")
+#: Celery consumer handlers: overridden in a subclass (core.transport.guard), never set
+#: on an instance.
+_CONSUMER_HANDLERS = {"on_decode_error", "on_invalid_task", "on_unknown_message",
+                      "on_unknown_task", "create_task_handler", "update_strategies"}
+
+
+def _root_name(node: ast.expr) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def library_attribute_writes(source: str) -> list[tuple[int, str]]:
+    """``(line, why)`` for each write that patches an object of kombu, Celery or
+    celery-batches (or may): ``X.attr = ...``, ``del X.attr``, ``setattr(X, ...)``.
+
+    Flagged: attributes of names imported from those libraries (``kredis.Channel._x =``,
+    ``worker_state.should_stop =``); private attributes of any object but ``self`` or
+    ``cls`` (``channel._in_poll =``, ``task._do_flush =``); Celery consumer handlers set on
+    an instance (``c.on_decode_error =``); Celery settings written as attributes
+    (``app.conf.x =``, where ``app.conf.update`` is the API); ``setattr`` or ``delattr``
+    with such a target or with a private or computed attribute name.
+    """
+    tree = ast.parse(source)
+    imported: set[str] = set()
+    strings: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update((a.asname or a.name).split(".")[0] for a in node.names
+                            if a.name.split(".")[0] in _LIBRARIES)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _LIBRARIES:
+            imported.update(a.asname or a.name for a in node.names)
+    for node in tree.body:  # module constants, for setattr(obj, NAME, ...)
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)):
+            strings.update({t.id: node.value.value for t in node.targets
+                            if isinstance(t, ast.Name)})
+
+    def why(obj: ast.expr, attr: str | None) -> str | None:
+        own = isinstance(obj, ast.Name) and obj.id in ("self", "cls")
+        if _root_name(obj) in imported:
+            return f"an attribute of {_root_name(obj)}, imported from a library"
+        if attr is None and not own:
+            return "a computed attribute name"
+        if attr is not None and attr.startswith("_") and not attr.startswith("__") and not own:
+            return f"the private attribute {attr} of another object"
+        if attr in _CONSUMER_HANDLERS and not own:
+            return f"the Celery consumer handler {attr} on an instance"
+        if isinstance(obj, ast.Attribute) and obj.attr == "conf":
+            return "a Celery setting written as an attribute (use app.conf.update)"
+        return None
+
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            for t in ast.walk(target):
+                if isinstance(t, ast.Attribute) and isinstance(t.ctx, (ast.Store, ast.Del)):
+                    reason = why(t.value, t.attr)
+                    if reason:
+                        found.append((node.lineno, reason))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in ("setattr", "delattr") and node.args):
+            name = node.args[1] if len(node.args) > 1 else None
+            attr = (name.value if isinstance(name, ast.Constant) and isinstance(name.value, str)
+                    else strings.get(name.id) if isinstance(name, ast.Name) else None)
+            reason = why(node.args[0], attr if attr is not None else None)
+            if reason:
+                found.append((node.lineno, f"{node.func.id}: {reason}"))
+    return found
+
+
+def test_only_the_transport_and_the_batch_task_write_library_attributes() -> None:
+    """kombu, Celery and celery-batches are changed by subclassing, never by patching:
+    only core/transport/kombu_redis.py and workers/batching.py touch their attributes."""
+    patched = textwrap.dedent('''
+        from kombu.transport import redis as kredis
+        from celery.worker import state as worker_state
+        CLIENT_ID = "_tiqu_client_id"
+        kredis.Channel._brpop_start = start
+        kredis.QoS.append = append
+        worker_state.should_stop = 1
+        def install(c, task, app, conn, channel, inflight):
+            c.on_decode_error = handler
+            c.create_task_handler = lambda: handler
+            task._do_flush = flush
+            task._tref = None
+            app.conf.worker_prefetch_multiplier = 1
+            channel._tiqu_inflight = inflight
+            setattr(conn, CLIENT_ID, 1)
+            setattr(kredis.Channel, "_tiqu_patched", True)
+            self_made = {}
+            self_made["x"] = 1
+            app.conf.update(worker_prefetch_multiplier=1)
+            inflight.queue = "extract"
+    ''')
+    assert [line for line, _ in library_attribute_writes(patched)] == [
+        5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16]
+
+    found = []
+    for room in ("core", "producer", "inference", "workers", "trainer", "tiqu"):
+        for path in sorted((ROOT / room).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel in _MAY_WRITE_LIBRARY_ATTRIBUTES:
+                continue
+            found += [f"{rel}:{line}: {reason}"
+                      for line, reason in library_attribute_writes(path.read_text())]
+    assert found == []
+
+
+def test_worker_apps_select_tiqus_transport_for_every_broker_url() -> None:
+    """redis://, rediss:// and sentinel:// stay the URLs; the class comes from
+    broker_transport, also after a sentinel connection fails over (no server needed)."""
+    from kombu.transport import redis as kredis
+
+    from core.queue import make_celery
+    from core.settings import Settings
+    from core.transport import fetch, kombu_redis
+
+    sentinels = "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379"
+    for url, cls in (("redis://:pw@10.0.0.1:6379/2", kombu_redis.Transport),
+                     ("rediss://:pw@10.0.0.1:6380/2", kombu_redis.Transport),
+                     (sentinels, kombu_redis.SentinelTransport)):
+        settings = Settings(redis_url=url, sentinel_master="m")
+        app = make_celery(settings)
+        app.conf.update(kombu_redis.broker_settings(url))
+        with app.connection_for_write() as conn, \
+                make_celery(settings).connection_for_write() as stock:
+            assert conn.get_transport_cls() is cls, url
+            assert issubclass(cls, stock.get_transport_cls())
+            # the URL reads as it does for kombu's own transport
+            fields = ("hostname", "port", "userid", "password", "virtual_host", "ssl", "alt",
+                      "transport_options")
+            assert [getattr(conn, f) for f in fields] == [getattr(stock, f) for f in fields]
+            assert conn.hostname == "10.0.0.1" and bool(conn.ssl) == url.startswith("rediss")
+            conn.maybe_switch_next()  # what kombu does when connecting fails
+            assert conn.get_transport_cls() is cls, url
+    assert issubclass(kombu_redis.SentinelTransport.Channel, kredis.SentinelChannel)
+    assert issubclass(kombu_redis.SentinelTransport.Channel, kombu_redis.Channel)
+    assert fetch.TRANSPORT_ALIASES == {"redis": kombu_redis.TRANSPORT,
+                                       "rediss": kombu_redis.TRANSPORT,
+                                       "sentinel": kombu_redis.SENTINEL_TRANSPORT}
+    with pytest.raises(kombu_redis.UnsupportedKombu, match=r"kombu 5\.7\.x.*kombu 5\.8\.0"):
+        kombu_redis.check_kombu_version("5.8.0")
+    kombu_redis.check_kombu_version("5.7.3")
