@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from workers.launch import celery_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_REDIS_URL = os.environ.get("TIQU_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -98,9 +99,7 @@ def start_worker(name: str, env: dict[str, str], log_path: Path,
                  app: str = "workers", wait: bool = True) -> WorkerProc:
     """Start ``celery -A <app> worker`` and wait until it is consuming (unless ``wait``
     is false: a worker meant to die early is only launched)."""
-    cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "solo",
-           "-Q", queues, "-n", f"{name}@tests", "--loglevel", "INFO",
-           "--without-mingle", "--without-gossip"]
+    cmd = celery_argv(f"{name}@tests", queues, app)
     fh = open(log_path, "wb")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
     worker = WorkerProc(f"{name}@tests", proc, log_path, env)

@@ -23,7 +23,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,6 +43,8 @@ from tiqu.bench_report import (
     print_table,
     summarize,
 )
+from workers.launch import celery_argv
+from workers.launch import wait_ready as launch_wait_ready
 
 #: The seed tutorial's generation arguments, verbatim.
 SEED_GENERATE = {"max_length": SEED_MAX_LENGTH, "do_sample": True, "top_k": 1}
@@ -162,9 +163,7 @@ def start_fleet(settings: Settings, args: argparse.Namespace, log_dir: Path) -> 
     for i in range(args.workers):
         name = f"bench{i}-{run_id}@{socket.gethostname()}"
         log_path = log_dir / f"worker{i}.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo",
-               "-Q", EXTRACT_QUEUE, "-n", name, "--loglevel", "INFO",
-               "--without-mingle", "--without-gossip"]
+        cmd = celery_argv(name, EXTRACT_QUEUE)
         with open(log_path, "wb") as fh:
             fleet.procs.append(subprocess.Popen(cmd, env=env, stdout=fh,
                                                 stderr=subprocess.STDOUT))
@@ -175,16 +174,8 @@ def start_fleet(settings: Settings, args: argparse.Namespace, log_dir: Path) -> 
 
 def wait_ready(app: Any, fleet: Fleet, timeout_s: float) -> float:
     """Seconds until every worker answers a ping (its model is loaded by then)."""
-    start = time.perf_counter()
-    waiting = set(fleet.names)
-    while waiting:
-        if any(p.poll() is not None for p in fleet.procs):
-            raise TiquError(f"a bench worker exited before it was ready:\n{fleet.tail()}")
-        if time.perf_counter() - start > timeout_s:
-            raise TiquError(f"workers {sorted(waiting)} not ready in {timeout_s} s")
-        for reply in app.control.ping(destination=sorted(waiting), timeout=1.0) or []:
-            waiting -= set(reply)
-    return time.perf_counter() - start
+    return launch_wait_ready(app, dict(zip(fleet.names, fleet.procs, strict=True)),
+                             timeout_s, fleet.tail)
 
 
 def check_isolated(app: Any, client: Any) -> None:

@@ -32,7 +32,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from workers.launch import celery_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBNET = "10.231.77"
@@ -205,9 +205,9 @@ class Cluster:
                      env: dict[str, str] | None = None) -> Worker:
         """Start ``celery -A workers worker`` (or ``argv``) as ``<name>@<host>`` in ``host``."""
         node = f"{name}@h{host.index}"
-        cmd = argv or [sys.executable, "-m", "celery", "-A", "workers", "worker"]
-        cmd = [*cmd, "--pool", "solo", "-Q", "extract", "-n", node, "--loglevel", "INFO",
-               "--without-mingle", "--without-gossip"]
+        cmd = celery_argv(node)
+        if argv:  # another program in place of ``python -m celery -A workers worker``
+            cmd = [*argv, *cmd[cmd.index("worker") + 1:]]
         log_path = self.workdir / f"{name}-h{host.index}.log"
         worker = Worker(node, host.netns, self._exec(host.netns, cmd, log_path,
                                                      self.worker_env(**(env or {}))), log_path)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,25 +43,23 @@ def _check_redis(settings: Settings) -> None:
                         "start one, e.g. `deploy/ensure-redis.sh`") from err
 
 
-def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+def _start_worker(settings: Settings, log_path: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    from workers.launch import celery_argv
+
     env = {**os.environ, "TIQU_REDIS_URL": settings.redis_url}
-    cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo",
-           "-Q", "extract", "-n", f"demo-{os.getpid()}@%h", "--loglevel", "INFO",
-           "--without-mingle", "--without-gossip"]
+    node = f"demo-{os.getpid()}@{socket.gethostname()}"
     with open(log_path, "wb") as log:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return node, subprocess.Popen(celery_argv(node), env=env, stdout=log,
+                                      stderr=subprocess.STDOUT)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise TiquError(f"the worker exited (code {proc.returncode}):\n{tail}")
-        if " ready." in log_path.read_text(errors="replace"):
-            return
-        time.sleep(0.5)
-    raise TiquError(f"the worker was not ready after {timeout_s:.0f} s; see {log_path}")
+def _wait_ready(settings: Settings, node: str, proc: subprocess.Popen[bytes], log_path: Path,
+                timeout_s: float = 300) -> None:
+    from core.queue import make_celery
+    from workers.launch import wait_ready
+
+    wait_ready(make_celery(settings), {node: proc}, timeout_s,
+               lambda: log_path.read_text(errors="replace")[-2000:])
 
 
 def _show(out: Path, n: int) -> None:
@@ -114,9 +112,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         print(f"model: {fetch_default_model(settings)}")
     log_path = Path(args.out).with_suffix(".worker.log")
-    worker = _start_worker(settings, log_path)
+    node, worker = _start_worker(settings, log_path)
     try:
-        _wait_ready(worker, log_path)
+        _wait_ready(settings, node, worker, log_path)
         print(f"worker ready (log: {log_path}); extracting {args.file}")
         start = time.perf_counter()
         sent = send_all(Client.from_settings(settings), args.file)

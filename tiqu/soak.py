@@ -58,6 +58,7 @@ from typing import Any
 from core.errors import ConfigError
 from core.redis import mask_url
 from core.settings import Settings
+from workers.launch import celery_argv, wait_ready
 
 _EXECUTED = re.compile(r"\] task (\S+) id=\S* status=")
 _SKIPPED = "already answered; acknowledging the duplicate"
@@ -191,6 +192,7 @@ class Fleet:
     """The soak's worker processes: start, kill at random, replace, stop."""
 
     def __init__(self, settings: Settings, args: argparse.Namespace, log_dir: Path) -> None:
+        self.settings = settings
         self.log_dir = log_dir
         self.env = {**os.environ, "TIQU_REDIS_URL": settings.redis_url,
                     "TIQU_ENGINE": args.engine, "TIQU_BATCH_SIZE": str(args.batch_size),
@@ -203,22 +205,18 @@ class Fleet:
     def start_one(self) -> str:
         self.started += 1
         name = f"soak{self.started}@{self.host}"
-        argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo",
-                "-Q", "extract", "-n", name, "--loglevel", "INFO",
-                "--without-mingle", "--without-gossip"]
         log = open(self.log_dir / f"soak{self.started}.log", "wb")
-        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log,
+        self.procs[name] = subprocess.Popen(celery_argv(name), env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT)
         return name
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        for n in range(1, self.started + 1):
-            path = self.log_dir / f"soak{n}.log"
-            while b" ready." not in path.read_bytes():
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"worker soak{n} not ready in {timeout_s} s; see {path}")
-                time.sleep(0.2)
+        """Until every started worker answers a ping (workers.launch.wait_ready)."""
+        from core.queue import make_celery
+
+        alive = {n: p for n, p in self.procs.items() if p.poll() is None}
+        wait_ready(make_celery(self.settings), alive, timeout_s,
+                   lambda: f"logs in {self.log_dir}")
 
     def kill_random(self, rng: random.Random) -> str:
         alive = sorted(n for n, p in self.procs.items() if p.poll() is None)

@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.settings import Settings
@@ -45,10 +47,38 @@ def detect_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
-def _celery_argv(app: str, queues: str, node: str, loglevel: str | None) -> list[str]:
+def celery_argv(node: str, queues: str = "extract", app: str = "workers",
+                loglevel: str | None = None) -> list[str]:
+    """The command line of every tiqu worker process (``tiqu worker``, bench, demo, soak,
+    the cluster harness, the tests): ``celery -A APP worker`` on the solo pool (one
+    process holds the model), consuming ``queues`` as ``node``, without mingle and
+    gossip (no start-up chatter between workers)."""
     return [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "solo",
             "-Q", queues, "-n", node, "--loglevel", loglevel or "INFO",
             "--without-mingle", "--without-gossip"]
+
+
+def wait_ready(celery_app: Any, procs: Mapping[str, subprocess.Popen[bytes]],
+               timeout_s: float, tail: Callable[[], str] = lambda: "") -> float:
+    """Seconds until every worker in ``procs`` (node name -> process) answers ``inspect
+    ping``, which it does once its model is loaded and its consumer runs. Raises
+    :class:`core.errors.TiquError` when one exits first (with ``tail()``, e.g. its log)
+    or the time runs out."""
+    from core.errors import TiquError
+
+    start = time.monotonic()
+    waiting = set(procs)
+    while waiting:
+        gone = sorted(n for n in waiting if procs[n].poll() is not None)
+        if gone:
+            raise TiquError(f"worker {', '.join(gone)} exited before it was ready "
+                            f"(code {procs[gone[0]].returncode}):\n{tail()}")
+        if time.monotonic() - start > timeout_s:
+            raise TiquError(f"workers {sorted(waiting)} not ready in {timeout_s:.0f} s:\n"
+                            f"{tail()}")
+        for reply in celery_app.control.ping(destination=sorted(waiting), timeout=1.0) or []:
+            waiting -= set(reply)
+    return time.monotonic() - start
 
 
 def worker_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
@@ -72,13 +102,13 @@ def worker_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str,
         if args.metrics_port:
             env["TIQU_METRICS_PORT"] = str(args.metrics_port + n)
         extract_queues = ",".join(q for q in queues if q != "train")
-        cmds.append((_celery_argv("workers", extract_queues, f"{label}@{host}", args.loglevel),
+        cmds.append((celery_argv(f"{label}@{host}", extract_queues, "workers", args.loglevel),
                      env))
     if "train" in queues:
         gpu = slots[0]
         label = f"{args.name or 'train'}-{'gpu' + gpu if gpu is not None else 'cpu'}"
         env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
-        cmds.append((_celery_argv("trainer", "train", f"{label}@{host}", args.loglevel), env))
+        cmds.append((celery_argv(f"{label}@{host}", "train", "trainer", args.loglevel), env))
     return cmds
 
 
