@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ def test_the_shipped_adapter_is_in_the_repository_small_and_checked() -> None:
     assert manifest.base_model == DEFAULT_MODEL
     assert manifest.packed["dtype"] == "bfloat16"  # type: ignore[attr-defined]
     assert set(manifest.calibration) == {"name", "address", "email", "question"}
+    config = json.loads((SHIPPED_ADAPTER / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == DEFAULT_MODEL  # a name, no local folder
 
 
 def test_pack_halves_the_weights_and_the_engine_serves_the_copy(
@@ -56,6 +59,8 @@ def test_pack_halves_the_weights_and_the_engine_serves_the_copy(
     assert all((after[k].float() - v).abs().max() <= v.abs().max() / 128 for k, v in
                before.items())  # bf16 keeps 8 bits of mantissa
     info = packed.packed  # type: ignore[attr-defined]
+    config = json.loads((tmp_path / "packed/adapter/adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == packed.base_model
     assert info["bytes_after"] < 0.6 * info["bytes_before"]
     verify_files(tmp_path / "packed/adapter", Manifest.load(tmp_path / "packed").files, "v1")
     assert sorted(p.name for p in (tmp_path / "packed").rglob("*") if p.is_file()) == [

@@ -10,7 +10,7 @@ engine check them like any other adapter's. The manifest records what was packed
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,11 @@ def pack(run_dir: Path, out: Path, dtype: str = "bfloat16") -> Manifest:
         raise ConfigError(f"dtype {dtype!r}: use bfloat16, float16 or float32")
     manifest = Manifest.load(run_dir)
     (out / ADAPTER_DIRNAME).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / CONFIG, out / ADAPTER_DIRNAME / CONFIG)
+    config = json.loads((src / CONFIG).read_text())
+    # peft records the base model's local path; a shipped copy names the model, not a
+    # folder of the machine it was trained on (loading passes the model itself)
+    config["base_model_name_or_path"] = manifest.base_model
+    (out / ADAPTER_DIRNAME / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     tensors = {k: v.to(target).contiguous() for k, v in load_file(str(src / WEIGHTS)).items()}
     save_file(tensors, str(out / ADAPTER_DIRNAME / WEIGHTS), metadata={"format": "pt"})
     before, after = ((d / WEIGHTS).stat().st_size for d in (src, out / ADAPTER_DIRNAME))
