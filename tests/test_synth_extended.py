@@ -25,13 +25,15 @@ from trainer.evalsets import make_hard
 from trainer.synth import EXTENDED_LAYOUTS, EXTENDED_TAGS, MAX_SENTENCES, synth_records
 
 #: sha256 of the generator's output since questions became whole complaints (problem,
-#: history, request, closing; labels, subject lines and quotes around and inside them).
+#: history, request, closing; labels, subject lines and quotes around and inside them),
+#: and for the extended layouts since they put status rows, closing lines, contact
+#: sentences and pipe-table cells after the complaint (trainer.synth.after).
 #: The output must stay byte-identical for every seed: change these only when the
 #: generator changes on purpose, and say so in docs/training.md.
 DEFAULT_50_SEED_3 = "b6b0c3714c833408e71e51c80a832fb3c260e3f31e57c4a46d27f911a0126ab3"
 PLAIN_100_SEED_5 = "726cf0ad2c27a6e9b22b18180d567307e4f13923b79c7af3c406b4f5a801c9ee"
-EXTENDED_50_SEED_3 = "a3d8279afb7019f48bbca4c5958da368d805b793a5a6ab371fe0197304fea99f"
-RARE_50_SEED_3 = "388be20c1f6c68924f3415753185e43cbfbd38e287da43531362165760fc4449"
+EXTENDED_50_SEED_3 = "5b24d1880766a83ace4b01567d1daefb5f34d0b320e77cfcaaf6389f33afc827"
+RARE_50_SEED_3 = "a607427187d179fd7d0ec15af24e0f0fbf7c8741d9924edbdd0f4899582dcc19"
 
 
 def _digest(records: list[Record]) -> str:

@@ -360,6 +360,71 @@ PRIORITIES = ("高", "中", "低", "紧急", "普通", "P2")
 STATUSES = ("待受理", "处理中", "已派单", "待回访", "open")
 AGENTS = ("工号1032", "坐席07", "小周", "值班组", "agent_15")
 
+# --- after the complaint: status rows, closing lines, contact sentences ----------
+#
+# What real tickets put under the complaint paragraph (trainer/synth/after.py). None
+# of it is ever part of the question.
+
+#: Status and metadata rows that a ticket system appends under the complaint: the kind
+#: of value (drawn in trainer.synth.after) with its Chinese and its English labels.
+STATUS_ROWS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "channel": (("受理渠道", "来源", "来源渠道", "反映渠道", "提交渠道"), ("Source", "Channel")),
+    "status": (("处理状态", "工单状态", "当前进度", "办理状态"), ("Status", "State")),
+    "priority": (("紧急程度", "优先级", "重要程度"), ("Priority", "Urgency")),
+    "time": (("提交时间", "登记时间", "反映时间", "生成时间"), ("Submitted", "Logged at")),
+    "ticket": (("工单编号", "流水号", "登记编号"), ("Ticket", "Ref")),
+    "agent": (("受理人", "经办人", "派单人"), ("Assignee", "Handled by")),
+    "category": (("问题分类", "诉求类型", "业务类别"), ("Category", "Type")),
+    "reply": (("是否回访", "答复方式", "是否公开"), ("Follow-up", "Reply by")),
+}
+CATEGORIES = ("投诉", "咨询", "报修", "建议", "求助", "complaint", "repair")
+REPLY_WAYS = ("是", "否", "电话回访", "短信答复", "不公开", "yes", "phone")
+#: Rows of a form under the complaint's row that staff fill in later, often empty.
+FORM_AFTER = ("处理意见", "备注", "回访结果", "办理结果", "审核意见", "Remarks", "Resolution")
+FORM_AFTER_VALUES = ("", "", "", "待填写", "无", "（待处理）", "-")
+#: Closings on lines of their own under the complaint ("此致" and "敬礼" may take two).
+CLOSING_LINES = (
+    "谢谢！", "谢谢。", "感谢！", "万分感谢！", "此致\n敬礼！", "此致\n敬礼", "此致 敬礼",
+    "顺祝安好",
+)  # fmt: skip
+CLOSING_LINES_EN = ("Thanks!", "Best regards,", "Regards,", "Kind regards,", "Many thanks,")
+#: Sentences after the complaint that give only a phone number (no field).
+PHONE_AFTER = (
+    "有事可致电{phone}。",
+    "如需核实，请拨{phone}找我。",
+    "方便的话请回电{phone}。",
+    "我的手机号是{phone}，全天开机。",
+    "需要补充材料可以打{phone}。",
+    "电话{phone}，下午五点后打更方便。",
+)
+PHONE_AFTER_EN = ("Reach me on {phone} if needed.", "My number is {phone}.")
+#: Sentences after the complaint with the sender's own contact detail (a gold value),
+#: by field, each maybe with a phone number.
+CONTACT_AFTER: dict[str, tuple[str, ...]] = {
+    "email": (
+        "我的邮箱是{email}，电话{phone}。",
+        "处理结果请发到{email}，急事打{phone}。",
+        "如需核实，可发邮件至{email}。",
+        "书面答复请寄送{email}。",
+    ),
+    "name": (
+        "联系人：{name} 电话：{phone}",
+        "联系人{name}，手机{phone}。",
+        "我是{name}，有事打{phone}。",
+        "找{name}就行，电话{phone}。",
+    ),
+    "address": (
+        "上门核实请到{address}。",
+        "如需上门，地址是{address}，电话{phone}。",
+        "材料可以寄到{address}。",
+    ),
+}
+CONTACT_AFTER_EN: dict[str, tuple[str, ...]] = {
+    "email": ("You can also email me at {email}.", "Written replies to {email}, please."),
+    "name": ("Contact: {name}, {phone}", "Ask for {name} on {phone}."),
+    "address": ("For a site visit: {address}",),
+}
+
 # --- distractors ------------------------------------------------------------------
 
 #: Other parties' e-mails: agents, shops, cc'd offices. Never a gold value.

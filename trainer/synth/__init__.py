@@ -14,7 +14,9 @@ The question is the whole complaint, in every layout: 2 to 6 sentences with the
 problem, maybe its history (dates, order and ticket numbers inside the sentences),
 maybe a sentence with half-width quotes or backslashes, a request and a polite
 closing. Section labels, subject lines, greetings and contact details around it
-are never part of it.
+are never part of it, nor are the status rows, closings on lines of their own,
+contact sentences and table cells that some extended texts put after it
+(trainer.synth.after).
 
 Every record is checked: each non-null gold value occurs verbatim in the text.
 """
@@ -30,6 +32,7 @@ from trainer.synth.common import MAX_SENTENCES, faker
 from trainer.synth.config import SynthConfig
 from trainer.synth.default import PLAIN, synth_one
 from trainer.synth.extended import (
+    BOUNDARY_TAGS,
     EXTENDED_LAYOUTS,
     EXTENDED_SHARE,
     EXTENDED_TAGS,
@@ -39,8 +42,8 @@ from trainer.synth.extended import (
 from trainer.synth.plain import plain_one
 
 __all__ = [
-    "EXTENDED_LAYOUTS", "EXTENDED_TAGS", "FAMILIES", "LAYOUTS", "MAX_SENTENCES", "PLAIN",
-    "SynthConfig", "generate", "synth_records",
+    "BOUNDARY_TAGS", "EXTENDED_LAYOUTS", "EXTENDED_TAGS", "FAMILIES", "LAYOUTS", "MAX_SENTENCES",
+    "PLAIN", "SynthConfig", "generate", "synth_records",
 ]
 
 #: One record of a family from ``(rng, faker, config)``, or None to draw again.

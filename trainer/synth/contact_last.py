@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from trainer import banks, banks_extra
+from trainer.synth.after import closing_line, status_lines, with_contact_after
 from trainer.synth.draft import (
     CONTACT,
     Choices,
@@ -14,6 +15,10 @@ from trainer.synth.draft import (
     draw_phone,
     join_sentences,
 )
+
+#: Shares of the texts with a contact sentence right after the complaint, a closing on
+#: a line of its own, and status rows (trainer.synth.after).
+_CONTACT_AFTER, _CLOSING_LINE, _STATUS = 0.3, 0.2, 0.25
 
 
 def contact_last_text(x: Choices, d: Draft) -> str | None:
@@ -50,5 +55,17 @@ def contact_last_text(x: Choices, d: Draft) -> str | None:
     breaks = banks_extra.CONTACT_BREAKS_EN if x.english else banks_extra.CONTACT_BREAKS
     brk = x.punct(rng.choice(breaks)) if joiner == "\n" or rng.random() < 0.6 else " "
     d.tags.append("labelled" if labelled else "unlabelled")
+    body = join_sentences(head, rng)
+    if rng.random() < _CONTACT_AFTER:  # "有事可致电…。" right after the complaint
+        body = with_contact_after(x, d, body)
     tail = "\n" + join_sentences(others, rng) if others else ""
-    return join_sentences(head, rng) + tail + brk + joiner.join(segs)
+    lines = ""  # lines of their own between the complaint and the contact details
+    if rng.random() < _CLOSING_LINE:  # "此致\n敬礼" or "谢谢！" on a line of its own
+        lines += closing_line(x, d, body + tail, sign=False)
+    status, late = "", False
+    if rng.random() < _STATUS:  # "处理状态：待受理" under the complaint or at the very end
+        status, late = status_lines(x, d), rng.random() < 0.5
+    lines += "" if late else status
+    if lines and not brk.startswith("\n"):
+        brk = "\n" + brk.lstrip(" ")
+    return body + tail + lines + brk + joiner.join(segs) + (status if late else "")

@@ -33,8 +33,20 @@ from trainer.synth.common import (
 # closing glued to it. Greetings, salutations, lead-ins and section labels
 # ("事情是这样的：", "情况说明："), subject lines, signatures, sign-off lines of their
 # own, contact sentences (a phone sentence included), form rows and header lines
-# (ticket numbers, other parties' e-mails) are never part of it. An
-# injection sentence is always placed inside the complaint (before, between or after
+# (ticket numbers, other parties' e-mails) are never part of it. The question ends
+# where the complaint ends, whatever follows it (trainer.synth.after):
+#
+# - status rows on lines of their own: "…请尽快处理。\n受理渠道：热线\n处理状态：待受理";
+# - a closing on a line of its own: "…请尽快处理。\n\n谢谢！", "…\n此致\n敬礼",
+#   "…\nBest regards,\n王伟";
+# - a contact sentence right after it, in the same paragraph or on the next line:
+#   "…请尽快处理。有事可致电13812345678。", "…我的邮箱是a@b.cn，电话…。" (a name,
+#   address or e-mail in it is the gold one);
+# - the next cells and rows of a table: in "| 诉求内容 | …请尽快处理。 | 紧急程度 | 高 |"
+#   the question is the complaint cell's content alone, and in a form the rows
+#   under it ("处理意见：", "备注：") are not part of it either.
+#
+# An injection sentence is always placed inside the complaint (before, between or after
 # its sentences, with nothing else in between), so it is part of the question span;
 # the contact golds stay the real ones whatever it says.
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from trainer import banks_extra
+from trainer.synth.after import closing_line, status_lines, with_contact_after
 from trainer.synth.common import draw_date
 from trainer.synth.draft import (
     CONTACT,
@@ -15,9 +16,14 @@ from trainer.synth.draft import (
     join_sentences,
 )
 
+#: Shares of the e-mails with a contact sentence right after the complaint, a closing
+#: line of its own before the signature, and status rows under it (trainer.synth.after).
+_CONTACT_AFTER, _CLOSING_LINE, _STATUS = 0.25, 0.2, 0.2
 
-def _signature(x: Choices, d: Draft, email_shown: bool) -> str:
-    """The sign-off and signature block of an e-mail, in one of several forms."""
+
+def _signature(x: Choices, d: Draft, email_shown: bool, closed: bool) -> str:
+    """The sign-off and signature block of an e-mail, in one of several forms; no
+    sign-off line when the e-mail is ``closed`` already ("谢谢！" on a line above)."""
     rng = x.rng
     name, address, email = (d.values[k] for k in CONTACT)
     if email_shown and rng.random() < 0.5:
@@ -52,6 +58,10 @@ def _signature(x: Choices, d: Draft, email_shown: bool) -> str:
         lines[0] = f"{name} 敬上"
     opener = {"cizhi": rng.choice(banks_extra.CIZHI),
               "english": rng.choice(banks_extra.SIGN_OFFS_EN)}.get(form)  # fmt: skip
+    if opener and closed:
+        opener = None
+    elif opener:
+        d.tags.append("closing_line")
     if rng.random() < 0.3 and not x.english:
         lines.append(draw_date(rng))
     return "\n".join([*([opener] if opener else []), *lines])
@@ -89,17 +99,24 @@ def email_text(x: Choices, d: Draft) -> str:
         lines.append("")
     lines.append(x.punct(x.pick(banks_extra.SALUTATIONS, banks_extra.SALUTATIONS_EN)))
     indent = rng.choice(("", "", "　　", "    "))
-    lines.append(indent + complaint_body(x, d, lead=0.2))
+    body = indent + complaint_body(x, d, lead=0.2)
+    if rng.random() < _CONTACT_AFTER:  # "有事可致电…。" right after the complaint
+        body = with_contact_after(x, d, body)
+    lines.append(body)
     others = distractor_sentences(x, d, (0.2, 0.0, 0.0))  # as in contact_last_text
     if others:  # on a line of their own: not part of the complaint paragraph
         lines.append(join_sentences(others, rng))
     if rng.random() < 0.5:
         lines.append(x.punct(x.pick(banks_extra.EMAIL_CLOSINGS, banks_extra.EMAIL_CLOSINGS_EN)))
         d.tags.append("closing")
-    signature = _signature(x, d, email_shown)
-    if signature:
-        lines.append(signature)
+    closed = rng.random() < _CLOSING_LINE
     text = "\n".join(lines)
+    text += closing_line(x, d, text, sign=False) if closed else ""
+    signature = _signature(x, d, email_shown, closed)
+    if signature:
+        text += "\n" + signature
+    if rng.random() < _STATUS:  # "来源：邮件\n处理状态：待受理" under the e-mail
+        text += status_lines(x, d)
     if rng.random() < 0.15:
         tail = rng.choice(banks_extra.QUOTED_REPLIES + banks_extra.AGENT_SIGNATURES)
         other = rng.choice(NOISE_EMAILS)

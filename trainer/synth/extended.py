@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trainer.records import Record
+from trainer.synth.after import AFTER_TAGS
 from trainer.synth.common import is_clean
 from trainer.synth.config import SynthConfig
 from trainer.synth.contact_last import contact_last_text
@@ -20,6 +21,9 @@ from trainer.synth.narrative import narrative_text
 #: The layouts that ``extended=True`` adds; "injection" rides on one of them.
 EXTENDED_LAYOUTS = ("email_body", "narrative", "contact_last", "form_table")
 EXTENDED_TAGS = (*EXTENDED_LAYOUTS, "injection")
+#: What some extended texts have after the complaint, never in the question: status
+#: rows, a closing on a line of its own, a contact sentence, a pipe table's later rows.
+BOUNDARY_TAGS = (*AFTER_TAGS, "pipe_table")
 #: Share of the records drawn in an extended layout when the config asks for them.
 EXTENDED_SHARE = 0.4
 

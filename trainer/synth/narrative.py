@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from trainer import banks_extra
+from trainer.synth.after import closing_line, status_lines, with_contact_after
 from trainer.synth.draft import (
     CONTACT,
     Choices,
@@ -33,7 +34,8 @@ def _intro(x: Choices, d: Draft) -> str | None:
 
 
 def narrative_text(x: Choices, d: Draft) -> str:
-    """A first-person story with the contact details woven into its sentences."""
+    """A first-person story with the contact details woven into its sentences; maybe a
+    contact sentence right after the complaint, then a closing line and status rows."""
     rng = x.rng
     name, address, email = (d.values[k] for k in CONTACT)
     if d.question and not x.english and rng.random() < 0.3:
@@ -47,8 +49,9 @@ def narrative_text(x: Choices, d: Draft) -> str:
         # "我叫X，住在Y，<complaint>": the complaint goes on in the intro's sentence
         intro = x.fill(rng.choice(banks_extra.INTRO_WOVEN), name=name, address=address)
         d.tags.append("woven")
-        return join_sentences([intro + d.question, *contact], rng, newline=0.1)
-    body = complaint_body(x, d, lead=0.25)
+        body = _after(x, d, intro + d.question)
+        return _tail(x, d, join_sentences([body, *contact], rng, newline=0.1))
+    body = _after(x, d, complaint_body(x, d, lead=0.25))
     who = _intro(x, d)
     roll = rng.random()
     if who and roll < 0.6:  # who and where, the story, the rest
@@ -58,4 +61,23 @@ def narrative_text(x: Choices, d: Draft) -> str:
     else:  # anywhere
         parts = [s for s in (who, *contact) if s]
         parts.insert(rng.randint(0, len(parts)), body)
-    return join_sentences(parts, rng, newline=0.2)
+    return _tail(x, d, join_sentences(parts, rng, newline=0.2))
+
+
+#: Shares of the stories with a contact sentence right after the complaint, a closing
+#: on a line of its own and status rows at the end (trainer.synth.after).
+_CONTACT_AFTER, _CLOSING_LINE, _STATUS = 0.3, 0.2, 0.2
+
+
+def _after(x: Choices, d: Draft, body: str) -> str:
+    """The complaint, maybe with a contact sentence right after it."""
+    return with_contact_after(x, d, body) if x.rng.random() < _CONTACT_AFTER else body
+
+
+def _tail(x: Choices, d: Draft, story: str) -> str:
+    """The story, maybe with a closing line (and the name under it) and status rows."""
+    if x.rng.random() < _CLOSING_LINE:
+        story += closing_line(x, d, story, sign=True)
+    if x.rng.random() < _STATUS:
+        story += status_lines(x, d)
+    return story
