@@ -120,7 +120,16 @@ class Settings(BaseSettings):
     )
 
     # --- Batching -----------------------------------------------------------
-    batch_size: int = Field(16, description="Most complaints in one generate().")
+    batch_size: int = Field(16, description="Most complaints decoded at once.")
+    scheduler: Literal["continuous", "static"] = Field(
+        "continuous", description="copy decoding: continuous lets a row leave when its "
+        "answer closes and the next join (inference.continuous); static runs one "
+        "generate() per batch."
+    )
+    jump_forward: bool = Field(
+        True, description="continuous: feed runs of tokens the copy automaton forces "
+        "in one pass instead of one step each."
+    )
     flush_interval_s: float = Field(
         0.05, description="A partial batch runs after this many seconds."
     )

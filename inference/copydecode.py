@@ -399,6 +399,7 @@ class CopyLogitsProcessor(LogitsProcessor):
             for name in ("tok", "end", "cost_after", "out", "close"))
         self.states = [RowState(LIT, x=0) for _ in tables]
         self.prompt_len: int | None = None
+        self._fed = 0  # length of the input_ids last advanced with
         self._last: tuple[Any, ...] | None = None
         self.trace = owner.trace
         self.chosen: list[list[int]] = [[] for _ in tables]
@@ -510,21 +511,54 @@ class CopyLogitsProcessor(LogitsProcessor):
         lse = top + np.log(np.repeat(np.add.reduceat(np.exp(once - top), lo), width))
         return vals - lse
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
+    def _catch_up(self, input_ids: torch.LongTensor, width: int) -> None:
+        """Advance every row with the newest token of ``input_ids`` unless done already
+        for this length; the first call records the prompt length instead."""
         if self.prompt_len is None:
-            self.prompt_len = int(input_ids.shape[1])
+            self.prompt_len = self._fed = int(input_ids.shape[1])
             # ids the model cannot score (tokenizer wider than the model) are never allowed
-            self.cost = np.where(self.tok < scores.shape[-1], self.cost, INF)
-        else:
+            self.cost = np.where(self.tok < width, self.cost, INF)
+        elif int(input_ids.shape[1]) > self._fed:
             self._advance(input_ids[:, -1].tolist())
-        rem = self.budgets - (int(input_ids.shape[1]) - self.prompt_len)
+            self._fed = int(input_ids.shape[1])
+
+    def _allowed(self, input_ids: torch.LongTensor) -> tuple[np.ndarray, ...]:
+        """``(erow, idx, bounds, bias)`` of the tokens allowed next."""
+        rem = self.budgets - (int(input_ids.shape[1]) - self.prompt_len)  # type: ignore[operator]
         rows = [(r, *self._row_keys(r, st)) for r, st in enumerate(self.states)
                 if st.kind != DONE]
         bias = np.zeros(len(self.states))
         bias[[r for r, *_ in rows]] = [b for *_, b in rows]
         erow, idx = self._gather(rows, rem)
-        tok = self.tok[idx]
         bounds = np.searchsorted(erow, np.arange(len(self.states) + 1))
+        return erow, idx, bounds, bias
+
+    def only_choice(self, input_ids: torch.LongTensor, width: int) -> int | None:
+        """For a one-row processor: advance with the newest token of ``input_ids``
+        (as :meth:`__call__` does), then return the one token allowed next when
+        exactly one is, recording it as chosen among one (log-probability 0, as
+        masked scores would give); None when the row may choose among several or
+        is done, and then the next :meth:`__call__` with the same ``input_ids``
+        does not advance again. ``width`` is the model's logits width.
+
+        A forced token needs no scores: jump-forward decoding feeds runs of them
+        to the model in one pass (inference.continuous).
+        """
+        self._catch_up(input_ids, width)
+        if self.states[0].kind == DONE:
+            return None
+        erow, idx, bounds, _ = self._allowed(input_ids)
+        tok = self.tok[idx]
+        if not len(tok) or (tok != tok[0]).any():
+            return None
+        lp = np.zeros(len(tok)) if self.trace else None
+        self._last = (tok, self.end[idx], self.out[idx], bounds, idx, lp)
+        return int(tok[0])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
+        self._catch_up(input_ids, int(scores.shape[-1]))
+        erow, idx, bounds, bias = self._allowed(input_ids)
+        tok = self.tok[idx]
         lift = bias[erow] * self.close[idx]  # favour closing as a value nears the cap
         done = [r for r, st in enumerate(self.states) if st.kind == DONE]
         masked = self._apply(scores, erow, tok, lift, done)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,8 @@ class Engine:
         #: (inference.prefill); False gives the plain left-padded prefill.
         self.reuse_prefix = True
         self._prefiller: Any = None
+        self._continuous_ok: bool | None = None
+        self._shared: int | None = None  # prompt tokens every text shares
         self._pristine: dict[str, Any] = {}  # base weights under a merged adapter
         adapter = serving_adapter(settings)
         if adapter is not None:
@@ -274,6 +277,8 @@ class Engine:
         import torch
         from transformers import GenerationConfig
 
+        if mode == "copy" and self.continuous():
+            return self.extract_continuous(texts)
         tok = self.tokenizer
         budgets = [self.budget(t) for t in texts]
         decoder = self._decoder(mode)
@@ -292,6 +297,72 @@ class Engine:
         self.stats.batches += 1
         traces = decoder.traces(kwargs) if hasattr(decoder, "traces") else [None] * len(texts)
         return [self._outcome(row, tr) for row, tr in zip(new, traces, strict=True)]
+
+    def continuous(self) -> bool:
+        """Whether copy decoding runs on the continuous scheduler (the setting, and a
+        model whose cache it can lay out)."""
+        if self.settings.scheduler != "continuous":
+            return False
+        if self._continuous_ok is None:
+            from inference.continuous import ContinuousDecoder
+
+            self._continuous_ok = ContinuousDecoder.supports(self.model)
+        return self._continuous_ok
+
+    def extract_continuous(self, texts: list[str],
+                           on_done: Callable[[int, Outcome], None] | None = None,
+                           source: Callable[[], list[str]] | None = None) -> list[Outcome]:
+        """Copy-decode ``texts`` on the continuous scheduler (inference.continuous):
+        at most ``settings.batch_size`` rows run at once, a row leaves as its answer
+        closes and the next joins. ``on_done(i, outcome)`` hears of text ``i`` as soon
+        as it is done; ``source()``, asked before every pass, may hand over more texts
+        (numbered on after ``texts``). Returns every outcome in order."""
+        from inference.continuous import ContinuousDecoder
+        from inference.prefill import Prefiller
+
+        tok = self.tokenizer
+        constraint = self._decoder("copy").constraint
+        if self._prefiller is None:
+            self._prefiller = Prefiller(tok.pad_token_id) if Prefiller.supports(
+                self.model) else False
+        prefiller = self._prefiller
+        version = self.adapter_version
+
+        def prefix(ids: tuple[int, ...]) -> Any:
+            return prefiller._prefix_layers(self.model, ids, version)
+
+        loop = ContinuousDecoder(
+            self.model, constraint, tok.pad_token_id, max_running=self.settings.batch_size,
+            jump_forward=self.settings.jump_forward, prefix=prefix if prefiller else None)
+        outcomes: list[Outcome | None] = []
+
+        def item(text: str) -> tuple[int, str, list[int], int]:
+            outcomes.append(None)
+            ids = tok(render_prompt(tok, text), add_special_tokens=False)["input_ids"]
+            return len(outcomes) - 1, text, ids, self.budget(text)
+
+        def done(i: int, ids: list[int], proc: Any) -> None:
+            outcomes[i] = out = self._outcome(ids, proc.traces()[0])
+            if on_done is not None:
+                on_done(i, out)
+
+        more = (lambda: [item(t) for t in source()]) if source is not None else None
+        stats = loop.run([item(t) for t in texts], done, more, prefix_len=self._prefix_len())
+        self.stats.batches += 1
+        self.stats.extra["continuous"] = stats.as_dict()
+        return [o if o is not None else Outcome(error=TiquError("not decoded"))
+                for o in outcomes]
+
+    def _prefix_len(self) -> int:
+        """Prompt tokens every text shares (the system turn and the user turn's start)."""
+        if self._shared is None:
+            from inference.prefill import shared_prefix_len
+
+            tok = self.tokenizer
+            probes = [tok(render_prompt(tok, t), add_special_tokens=False)["input_ids"]
+                      for t in ("甲", "Zz 1", "\n{")]
+            self._shared = shared_prefix_len(probes)
+        return self._shared
 
     def _inputs(self, prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
         """``generate`` inputs; with several prompts, their cache comes prefilled."""

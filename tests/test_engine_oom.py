@@ -43,8 +43,11 @@ def engine(tiny_model: Path) -> Iterator[Engine]:
     # step of this tiny model about 20x slower.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    # The static scheduler: these tests wrap generate() (tests/test_continuous.py
+    # covers the continuous scheduler's out-of-memory split).
     settings = Settings(base_model=str(tiny_model), device="cpu", dtype="float32",
-                        decoding="none", max_new_tokens=16, extra_new_tokens=8)
+                        decoding="none", max_new_tokens=16, extra_new_tokens=8,
+                        scheduler="static")
     yield Engine(settings)
     torch.set_num_threads(threads)
 
