@@ -233,13 +233,24 @@ class Engine:
         n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return min(self.settings.max_new_tokens, n + self.settings.extra_new_tokens)
 
-    def extract_batch(self, texts: list[str], mode: str | None = None) -> list[Outcome]:
+    def extract_batch(self, texts: list[str], mode: str | None = None,
+                      on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
         """One outcome per text, in input order; invalid rows are retried once
-        with copy-constrained decoding when another mode produced them."""
+        with copy-constrained decoding when another mode produced them.
+
+        In copy mode ``on_done(i, outcome)`` hears of text ``i`` as soon as its answer
+        is done (on the continuous scheduler, while the others still decode); a
+        text split off by an out-of-memory retry may be reported twice, with the
+        same answer. Other modes ignore it."""
         mode = mode or self.settings.decoding
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        report = None
+        if on_done is not None and mode == "copy":
+            def report(j: int, out: Outcome) -> None:
+                on_done(order[j], out)
         outcomes: list[Outcome] = [Outcome()] * len(texts)
-        for i, out in zip(order, self._run_split([texts[i] for i in order], mode), strict=True):
+        for i, out in zip(order, self._run_split([texts[i] for i in order], mode, report),
+                          strict=True):
             outcomes[i] = out
         retry = [i for i, o in enumerate(outcomes) if o.error is not None]
         if retry and mode != "copy":
@@ -249,11 +260,12 @@ class Engine:
                 outcomes[i] = out
         return outcomes
 
-    def _run_split(self, texts: list[str], mode: str) -> list[Outcome]:
+    def _run_split(self, texts: list[str], mode: str,
+                   report: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
         if not texts:
             return []
         try:
-            return self._generate(texts, mode)
+            return self._generate(texts, mode, report)
         except (RuntimeError, MemoryError) as err:
             if not _is_oom(err):
                 raise  # not the batch's size: the worker's breaker decides
@@ -265,7 +277,12 @@ class Engine:
             half = len(texts) // 2
             log.warning("batch of %d ran out of memory; retrying as %d + %d",
                         len(texts), half, len(texts) - half)
-            return self._run_split(texts[:half], mode) + self._run_split(texts[half:], mode)
+            later = None
+            if report is not None:
+                def later(j: int, out: Outcome) -> None:
+                    report(half + j, out)
+            return (self._run_split(texts[:half], mode, report)
+                    + self._run_split(texts[half:], mode, later))
 
     def _free_cache(self) -> None:
         import torch
@@ -273,12 +290,13 @@ class Engine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _generate(self, texts: list[str], mode: str) -> list[Outcome]:
+    def _generate(self, texts: list[str], mode: str,
+                  report: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
         import torch
         from transformers import GenerationConfig
 
         if mode == "copy" and self.continuous():
-            return self.extract_continuous(texts)
+            return self.extract_continuous(texts, on_done=report)
         tok = self.tokenizer
         budgets = [self.budget(t) for t in texts]
         decoder = self._decoder(mode)
@@ -296,7 +314,10 @@ class Engine:
         new = out[:, enc["input_ids"].shape[1]:]
         self.stats.batches += 1
         traces = decoder.traces(kwargs) if hasattr(decoder, "traces") else [None] * len(texts)
-        return [self._outcome(row, tr) for row, tr in zip(new, traces, strict=True)]
+        outcomes = [self._outcome(row, tr) for row, tr in zip(new, traces, strict=True)]
+        for j, out in enumerate(outcomes if report is not None else []):
+            report(j, out)  # type: ignore[misc]
+        return outcomes
 
     def continuous(self) -> bool:
         """Whether copy decoding runs on the continuous scheduler (the setting, and a

@@ -9,11 +9,13 @@ complaint, the number of new tokens and each field's confidence.
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core.names import result_key
 from core.settings import Settings
 from inference.engine import Engine, Outcome
 
@@ -146,3 +148,35 @@ def test_out_of_memory_splits_the_run_and_answers_every_text(
     got = engine.extract_batch(texts)
     assert [_key(o) for o in got] == alone
     assert engine.stats.splits >= 2 and max(sizes) > 2
+
+
+def test_a_worker_stores_a_short_answer_while_its_batch_still_decodes(
+        redis_db: Any, redis_url: str, tiny_model: Path, tmp_path: Path, workers: list) -> None:
+    """One batch of a short and a long complaint through a real worker whose every
+    forward pass takes 30 ms longer: the short answer is stored (and its message
+    acknowledged) while the long one is still being decoded."""
+    from producer import Client
+    from tests.conftest import start_worker, worker_env
+
+    env = worker_env(redis_url, tiny_model, TIQU_BATCH_SIZE="2", TIQU_FLUSH_INTERVAL_S="30",
+                     TIQU_DTYPE="float32", TIQU_FAULT_POINT="slow_pass")
+    workers.append(start_worker("early", env, tmp_path / "w.log"))
+    client = Client(redis_db)
+    long_text = "投诉：" + "宽带断网三天了，客服电话一直打不通，" * 12 + "请尽快处理。"
+    short, long_ = client.submit_many([("short", "短"), ("long", long_text)])
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + 120
+    while len(seen) < 2 and time.monotonic() < deadline:
+        for name, sent in (("short", short), ("long", long_)):
+            if name not in seen and redis_db.exists(result_key(sent.task_id)):
+                seen[name] = time.monotonic()
+        time.sleep(0.01)
+    assert set(seen) == {"short", "long"}, (workers[0].log()[-2000:])
+    assert seen["long"] - seen["short"] > 0.15  # five slow passes or more after it
+    got = dict(client.collect([short.task_id, long_.task_id], timeout_s=10))
+    assert got[0]["status"] == "ok" and got[1]["status"] == "ok"
+    assert got[0]["latency_ms"] < got[1]["latency_ms"]
+    deadline = time.monotonic() + 10
+    while redis_db.hlen("unacked") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert redis_db.llen("extract") == 0 and not redis_db.hlen("unacked")

@@ -167,8 +167,15 @@ class ExtractBatches(Batches):
         if todo:
             if self.runtime.worker_name == "":
                 self.runtime.worker_name = todo[0].hostname or ""
+            early: set[int] = set()
+
+            def store_early(i: int, envelope: dict[str, Any]) -> None:
+                if self._settle_one(todo[i], envelope):
+                    early.add(i)
+
             try:
-                envelopes = self.runtime.handle([(r.id, payload_of(r)) for r in todo])
+                envelopes = self.runtime.handle([(r.id, payload_of(r)) for r in todo],
+                                                on_envelope=store_early)
             except Exception as err:  # the batch failed as a whole: not answered
                 if not isinstance(err, EngineFailed):  # a bug around the engine counts too
                     log.error("batch of %d failed: %s", len(todo), type(err).__name__,
@@ -177,6 +184,10 @@ class ExtractBatches(Batches):
                 self._put_back(todo)  # the engine failed the batch as a whole: unanswered
                 self._acknowledge([r for r in requests if r not in todo])
                 return
+            if early:  # stored and acknowledged already, one by one
+                kept = [(r, e) for i, (r, e) in enumerate(zip(todo, envelopes, strict=True))
+                        if i not in early]
+                todo, envelopes = [r for r, _ in kept], [e for _, e in kept]
             todo, envelopes = self._fence(todo, envelopes)
             if not todo:
                 self._acknowledge(requests)
@@ -192,6 +203,27 @@ class ExtractBatches(Batches):
                 r.send_event("task-succeeded", result=f"status={env['status']}", runtime=(
                     (env.get("latency_ms") or 0) / 1000))
         self._acknowledge(requests)
+
+    def _settle_one(self, request: Any, envelope: dict[str, Any]) -> bool:
+        """Store and acknowledge one answer while the rest of its batch still decodes.
+
+        The same steps as for a whole batch, for one task: a fenced task is left
+        alone, and an answer Redis does not take now is left for the batch's own
+        store at its end (the same envelope, stored once). Returns whether it was
+        stored and acknowledged.
+        """
+        if liveness.FENCE.stale([request.message.delivery_tag]):
+            return False
+        try:  # one try: the batch's store at its end waits for Redis
+            self._store([request], [envelope], retry_s=0.0)
+        except Exception as err:  # never the engine's failure: the batch's store decides
+            log.warning("storing task %s early failed (%s); it is stored with the rest of "
+                        "its batch", request.id, type(err).__name__)
+            return False
+        self._acknowledge([request])
+        request.send_event("task-succeeded", result=f"status={envelope['status']}",
+                           runtime=(envelope.get("latency_ms") or 0) / 1000)
+        return True
 
     def _fence(self, todo: list[Any], envelopes: list[dict[str, Any]]
                ) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -213,10 +245,11 @@ class ExtractBatches(Batches):
         task_consumer = getattr(self._consumer, "task_consumer", None)
         return getattr(getattr(task_consumer, "channel", None), "qos", None)
 
-    def _store(self, requests: list[Any], envelopes: list[dict[str, Any]]) -> None:
+    def _store(self, requests: list[Any], envelopes: list[dict[str, Any]],
+               retry_s: float | None = None) -> None:
         items = [(r.id, env) for r, env in zip(requests, envelopes, strict=True)]
         won = store_once(self.app.backend.client, items, self.result_ttl_s,
-                         retry_s=self.store_retry_s)
+                         retry_s=self.store_retry_s if retry_s is None else retry_s)
         flag_for_review(self.app.backend.client,
                         [item for item, new in zip(items, won, strict=True) if new],
                         self.result_ttl_s, texts={r.id: text_of(r) for r in requests})

@@ -85,11 +85,19 @@ class Runtime:
         from inference.engine import Engine
 
         self._engine = Engine(self.settings)
+        faults.slow_model(self._engine.model)  # armed for tests only
         log.info("model %s loaded in %.1f s (adapter %s)", self._engine.model_id,
                  self._engine.stats.model_load_s, self._engine.adapter_version)
 
-    def handle(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    def handle(self, items: list[tuple[str, Any]],
+               on_envelope: Callable[[int, dict[str, Any]], None] | None = None,
+               ) -> list[dict[str, Any]]:
         """``[(task_id, payload)]`` -> one envelope dict per item, same order.
+
+        ``on_envelope(i, envelope)``, when given, hears of item ``i``'s envelope as
+        soon as the engine is done with it (copy decoding on the continuous
+        scheduler: before the rest of the batch; inference.continuous), so that
+        it can be stored at once; every envelope is returned all the same.
 
         Raises :class:`EngineFailed` when the engine fails the batch as a whole;
         a before-batch hook that raises (an adapter check) is logged and never
@@ -110,7 +118,12 @@ class Runtime:
             except InvalidInput as err:
                 envelopes[i] = self._error(payload_id(payload), err, start)
         faults.point("mid_batch")
-        outcomes = self._extract([t for _, _, t in valid])
+        early = None
+        if on_envelope is not None:
+            def early(j: int, outcome: Outcome) -> None:
+                i, id_, text = valid[j]
+                on_envelope(i, self._envelope(id_, text, outcome, start).model_dump(mode="json"))
+        outcomes = self._extract([t for _, _, t in valid], early)
         for (i, id_, text), outcome in zip(valid, outcomes, strict=True):
             envelopes[i] = self._envelope(id_, text, outcome, start)
         out = [e.model_dump(mode="json") for e in envelopes if e is not None]
@@ -122,19 +135,23 @@ class Runtime:
             result_hook(self, out, time.perf_counter() - start)
         return out
 
-    def _extract(self, texts: list[str]) -> list[Outcome]:
+    def _extract(self, texts: list[str],
+                 on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
         if not texts:
             return []
         try:
-            outcomes = self._call(texts)
+            outcomes = self._call(texts, on_done)
         except Exception as err:  # the engine's fault or the texts'? the canary tells
             return self._after_failure(texts, err)
         self.breaker.success()
         return outcomes
 
-    def _call(self, texts: list[str]) -> list[Outcome]:
+    def _call(self, texts: list[str],
+              on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
         if faults.engine_fails(texts):  # a fault armed for tests
             raise RuntimeError("CUDA error: the engine fault point is armed")
+        if on_done is not None and getattr(self.engine, "continuous", None) is not None:
+            return list(self.engine.extract_batch(texts, on_done=on_done))
         return list(self.engine.extract_batch(texts))
 
     def _after_failure(self, texts: list[str], err: Exception) -> list[Outcome]:
