@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import socket
 import subprocess
 import tempfile
@@ -76,6 +77,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout-s", type=float, default=7200, help="give up on the queue run")
     p.add_argument("--threads", type=int, help="torch threads for each worker and for the "
                    "seed loop (default: torch's choice; split between workers when W > 1)")
+    p.add_argument("--loads", help="after the saturated run, Poisson arrivals at these "
+                   "fractions of capacity, e.g. 0.5,0.8 (p50/p95 latency at each)")
+    p.add_argument("--capacity", type=float, help="--loads: complaints/s that fraction 1.0 "
+                   "means (default: this run's saturated rate), to load two runs alike")
+    p.add_argument("--load-n", type=int, help="--loads: complaints per load (default: --n)")
     p.add_argument("--gpu-sweep", action="store_true",
                    help="decode sweep of a random Qwen3-0.6B on the GPU instead (see bench_gpu)")
     p.add_argument("--train-step", action="store_true",
@@ -223,6 +229,61 @@ def drive(client: Any, texts: list[str], timeout_s: float) -> QueueRun:
     return QueueRun(envs, latencies, max(done_at) - start, task_ids)
 
 
+def drive_poisson(client: Any, texts: list[str], rate: float, timeout_s: float,
+                  tag: str, seed: int = 0) -> QueueRun:
+    """Send one complaint at a time at Poisson arrivals of ``rate`` per second (seeded
+    gaps); latency counts from each one's send to its result."""
+    rng = random.Random(seed)
+    n = len(texts)
+    envs: list[Any] = [None] * n
+    task_ids = [""] * n
+    sent_at, done_at = [0.0] * n, [0.0] * n
+    pending: dict[str, int] = {}
+    start = time.perf_counter()
+    due, at = [], start
+    for _ in range(n):
+        at += rng.expovariate(rate)
+        due.append(at)
+    i = 0
+    while i < n or pending:
+        now = time.perf_counter()
+        if now - start > timeout_s + due[-1] - start:
+            raise TiquError(f"{len(pending) + n - i} of {n} results missing at {rate:.3f}/s")
+        while i < n and due[i] <= now:
+            sent = client.submit_many([(f"bench-{tag}-{i}", texts[i])])[0]
+            sent_at[i], pending[sent.task_id], task_ids[i] = time.perf_counter(), i, sent.task_id
+            i += 1
+        if pending:
+            _poll(client, pending, envs, done_at)
+        time.sleep(0.005)
+    latencies = [(d - s) * 1000 for s, d in zip(sent_at, done_at, strict=True)]
+    return QueueRun(envs, latencies, max(done_at) - start, task_ids)
+
+
+def under_load(client: Any, texts: list[str], args: argparse.Namespace,
+               capacity: float) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each ``--loads`` fraction of ``capacity``: its rate, p50/p95 latency and the rate
+    answered; and the task ids, for deletion."""
+    from tiqu.bench_report import percentile
+
+    rows, ids = [], []
+    n = args.load_n or len(texts)
+    for k, frac in enumerate(float(f) for f in args.loads.split(",")):
+        rate = frac * capacity
+        run_ = drive_poisson(client, [texts[i % len(texts)] for i in range(n)], rate,
+                             args.timeout_s, tag=f"load{k}", seed=k)
+        ids += run_.task_ids
+        ok = sum(1 for e in run_.envelopes if e and e.get("status") == "ok")
+        rows.append({"fraction": frac, "rate_per_s": rate, "n": n, "ok": ok,
+                     "p50_latency_ms": percentile(run_.latencies_ms, 50),
+                     "p95_latency_ms": percentile(run_.latencies_ms, 95),
+                     "answered_per_s": n / run_.wall_s})
+        print(f"load {frac:.2f} x {capacity:.3f}/s = {rate:.3f}/s, {n} complaints: "
+              f"p50 {rows[-1]['p50_latency_ms']:.0f} ms, p95 {rows[-1]['p95_latency_ms']:.0f} ms",
+              flush=True)
+    return rows, ids
+
+
 def producer_rate(client: Any, texts: list[str]) -> float:
     """``submit_many`` messages/s into a scratch list that no worker reads (deleted after)."""
     from producer import Client
@@ -300,9 +361,14 @@ def run_queue(settings: Settings, args: argparse.Namespace, texts: list[str]) ->
         try:
             out["workers_ready_s"] = wait_ready(app, fleet, timeout_s=900)
             out["queue"] = drive(client, texts, args.timeout_s)
+            extra: list[str] = []
+            if args.loads:
+                capacity = args.capacity or len(texts) / out["queue"].wall_s
+                out["capacity_per_s"] = capacity
+                out["loads"], extra = under_load(client, texts, args, capacity)
         finally:
             fleet.stop()
-    ids = out["queue"].task_ids
+    ids = out["queue"].task_ids + extra
     for lo in range(0, len(ids), 1000):
         client.backend.delete(*[result_key(t) for t in ids[lo:lo + 1000]])
     return out
