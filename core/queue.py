@@ -85,7 +85,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        "worker_prefetch_multiplier": max(1, settings.flush_size),
+        "worker_prefetch_multiplier": max(1, settings.batch_size),
         "result_expires": settings.result_ttl_s,
         "result_extended": False,
         "task_default_queue": EXTRACT_QUEUE,

@@ -235,15 +235,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def flush_size(self) -> int:
-        """Messages a worker takes into one batch (and prefetches): ``batch_size``, and
-        twice that on the continuous scheduler, whose running set of ``batch_size``
-        rows is refilled from the rest of the batch as answers close."""
-        twice = (self.scheduler == "continuous" and self.decoding == "copy"
-                 and self.engine == "model")
-        return self.batch_size * (2 if twice else 1)
-
-    @property
     def backend_url(self) -> str:
         return self.result_url or self.redis_url
 

@@ -56,11 +56,9 @@ def test_tiny_model_batch_with_one_invalid_item(
         alone = [engine.extract_batch([t])[0] for t in texts]
     except ImportError as err:
         pytest.skip(f"{mode} decoding is not available here: {err}")
-    # flush_interval_s outlasts the collect timeout: only a full batch of 8 can run
-    # (8 messages; on the continuous scheduler a batch holds twice batch_size).
-    per_row = Settings(batch_size=8, decoding=mode).flush_size // 8  # type: ignore[arg-type]
-    env = worker_env(redis_url, tiny_model, TIQU_BATCH_SIZE=str(8 // per_row),
-                     TIQU_FLUSH_INTERVAL_S="120", TIQU_DTYPE="float32", TIQU_DECODING=mode)
+    # flush_interval_s outlasts the collect timeout: only a full batch of 8 can run.
+    env = worker_env(redis_url, tiny_model, TIQU_BATCH_SIZE="8", TIQU_FLUSH_INTERVAL_S="120",
+                     TIQU_DTYPE="float32", TIQU_DECODING=mode)
     workers.append(start_worker("tiny", env, tmp_path / "w.log"))
     payloads: list[tuple[str | None, object]] = [(f"id-{i}", t) for i, t in enumerate(texts)]
     payloads.insert(3, ("bad", 12345))

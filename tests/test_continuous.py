@@ -158,7 +158,7 @@ def test_a_worker_stores_a_short_answer_while_its_batch_still_decodes(
     from producer import Client
     from tests.conftest import start_worker, worker_env
 
-    env = worker_env(redis_url, tiny_model, TIQU_BATCH_SIZE="2", TIQU_FLUSH_INTERVAL_S="1",
+    env = worker_env(redis_url, tiny_model, TIQU_BATCH_SIZE="2", TIQU_FLUSH_INTERVAL_S="30",
                      TIQU_DTYPE="float32", TIQU_FAULT_POINT="slow_pass")
     workers.append(start_worker("early", env, tmp_path / "w.log"))
     client = Client(redis_db)
