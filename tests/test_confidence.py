@@ -122,12 +122,12 @@ def test_a_row_retried_in_copy_mode_gets_the_copy_runs_traces(
 ) -> None:
     real = engine._run_split
 
-    def first_fails(texts: list[str], mode: str) -> list[Outcome]:
+    def first_fails(texts: list[str], mode: str, report: Any = None) -> list[Outcome]:
         if mode != "copy":
             from core.errors import InvalidModelOutput
 
             return [Outcome(error=InvalidModelOutput("bad", raw_len=3)) for _ in texts]
-        return real(texts, mode)
+        return real(texts, mode, report)
 
     monkeypatch.setattr(engine, "_run_split", first_fails)
     out = engine.extract_batch(TEXTS[:2], "none")

@@ -221,9 +221,9 @@ def test_invalid_output_is_retried_once_then_reported_by_length(
     modes: list[str] = []
     real_generate = engine._generate
 
-    def tracking(texts: list[str], mode: str) -> list[Outcome]:
+    def tracking(texts: list[str], mode: str, report: Any = None) -> list[Outcome]:
         modes.append(mode)
-        return real_generate(texts, mode)
+        return real_generate(texts, mode, report)
 
     monkeypatch.setattr(engine, "_generate", tracking)
     # The model is replaced, so no decoder's processors run; the copy slot only has to exist.
