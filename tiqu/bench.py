@@ -197,36 +197,54 @@ def check_isolated(app: Any, client: Any) -> None:
 # --- the measured paths -------------------------------------------------------------
 
 
-def _poll(client: Any, pending: dict[str, int], envs: list[Any], done_at: list[float]) -> None:
-    ids = list(pending)
-    for task_id, env in zip(ids, client.poll(ids), strict=True):
-        if env is not None:
-            i = pending.pop(task_id)
-            envs[i], done_at[i] = env, time.perf_counter()
+@dataclass
+class _Sent:
+    """What a drive has sent: per complaint its envelope, task id, send and answer times."""
+
+    n: int
+    envs: list[Any] = field(default_factory=list)
+    task_ids: list[str] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
+    done_at: list[float] = field(default_factory=list)
+    pending: dict[str, int] = field(default_factory=dict)  # task id -> index
+
+    def __post_init__(self) -> None:
+        self.envs, self.task_ids = [None] * self.n, [""] * self.n
+        self.sent_at, self.done_at = [0.0] * self.n, [0.0] * self.n
+
+    def sent(self, i: int, task_id: str, at: float) -> None:
+        self.sent_at[i], self.pending[task_id], self.task_ids[i] = at, i, task_id
+
+    def poll(self, client: Any) -> None:
+        ids = list(self.pending)
+        for task_id, env in zip(ids, client.poll(ids), strict=True):
+            if env is not None:
+                i = self.pending.pop(task_id)
+                self.envs[i], self.done_at[i] = env, time.perf_counter()
+
+    def run(self, start: float) -> QueueRun:
+        latencies = [(d - s) * 1000 for s, d in zip(self.sent_at, self.done_at, strict=True)]
+        return QueueRun(self.envs, latencies, max(self.done_at) - start, self.task_ids)
 
 
 def drive(client: Any, texts: list[str], timeout_s: float) -> QueueRun:
     """Submit in chunks while polling results; latency counts from before each chunk's send."""
     n = len(texts)
-    envs: list[Any] = [None] * n
-    task_ids = [""] * n
-    sent_at, done_at = [0.0] * n, [0.0] * n
-    pending: dict[str, int] = {}
+    track = _Sent(n)
     start = time.perf_counter()
     for lo in range(0, n, SUBMIT_CHUNK):
         hi = min(n, lo + SUBMIT_CHUNK)
         before = time.perf_counter()
         for i, s in zip(range(lo, hi), client.submit_many(
                 [(f"bench-{i}", texts[i]) for i in range(lo, hi)]), strict=True):
-            sent_at[i], pending[s.task_id], task_ids[i] = before, i, s.task_id
-        _poll(client, pending, envs, done_at)
-    while pending:
+            track.sent(i, s.task_id, before)
+        track.poll(client)
+    while track.pending:
         if time.perf_counter() - start > timeout_s:
-            raise TiquError(f"{len(pending)} of {n} results missing after {timeout_s} s")
+            raise TiquError(f"{len(track.pending)} of {n} results missing after {timeout_s} s")
         time.sleep(0.002)
-        _poll(client, pending, envs, done_at)
-    latencies = [(d - s) * 1000 for s, d in zip(sent_at, done_at, strict=True)]
-    return QueueRun(envs, latencies, max(done_at) - start, task_ids)
+        track.poll(client)
+    return track.run(start)
 
 
 def drive_poisson(client: Any, texts: list[str], rate: float, timeout_s: float,
@@ -235,29 +253,26 @@ def drive_poisson(client: Any, texts: list[str], rate: float, timeout_s: float,
     gaps); latency counts from each one's send to its result."""
     rng = random.Random(seed)
     n = len(texts)
-    envs: list[Any] = [None] * n
-    task_ids = [""] * n
-    sent_at, done_at = [0.0] * n, [0.0] * n
-    pending: dict[str, int] = {}
+    track = _Sent(n)
     start = time.perf_counter()
     due, at = [], start
     for _ in range(n):
         at += rng.expovariate(rate)
         due.append(at)
     i = 0
-    while i < n or pending:
+    while i < n or track.pending:
         now = time.perf_counter()
-        if now - start > timeout_s + due[-1] - start:
-            raise TiquError(f"{len(pending) + n - i} of {n} results missing at {rate:.3f}/s")
+        if now - due[-1] > timeout_s:
+            raise TiquError(f"{len(track.pending) + n - i} of {n} results missing at "
+                            f"{rate:.3f}/s")
         while i < n and due[i] <= now:
             sent = client.submit_many([(f"bench-{tag}-{i}", texts[i])])[0]
-            sent_at[i], pending[sent.task_id], task_ids[i] = time.perf_counter(), i, sent.task_id
+            track.sent(i, sent.task_id, time.perf_counter())
             i += 1
-        if pending:
-            _poll(client, pending, envs, done_at)
+        if track.pending:
+            track.poll(client)
         time.sleep(0.005)
-    latencies = [(d - s) * 1000 for s, d in zip(sent_at, done_at, strict=True)]
-    return QueueRun(envs, latencies, max(done_at) - start, task_ids)
+    return track.run(start)
 
 
 def under_load(client: Any, texts: list[str], args: argparse.Namespace,
