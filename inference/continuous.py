@@ -62,7 +62,6 @@ class Row:
     """One request in the running set."""
 
     key: Any                      # the caller's handle for it
-    text: str
     ids: list[int]                # prompt token ids
     budget: int                   # new tokens, EOS included
     proc: CopyLogitsProcessor     # one-row copy constraint
@@ -71,7 +70,6 @@ class Row:
     col: int = 0                  # next cache column
     out: list[int] = field(default_factory=list)  # tokens chosen so far
     pending: list[int] = field(default_factory=list)  # chosen, not yet in the cache
-    started: float = 0.0
 
     def history(self) -> Any:
         """Ids as the one-row processor counts them: a one-token "prompt", then the
@@ -261,7 +259,7 @@ class ContinuousDecoder:
         floor = self.constraint.min_tokens()
         budget = max(budget, floor)
         proc = self.constraint.logits_processor([text], [budget])
-        row = Row(key, text, ids, budget, proc, started=time.perf_counter())
+        row = Row(key, ids, budget, proc)
         buf.reserve(len(ids) + budget + self.max_jump + self.prefill_chunk + 1)
         n = prefix_len if self.prefix is not None and 0 < prefix_len < len(ids) else 0
         if n:
