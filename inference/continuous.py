@@ -65,9 +65,9 @@ class Row:
     ids: list[int]                # prompt token ids
     budget: int                   # new tokens, EOS included
     proc: CopyLogitsProcessor     # one-row copy constraint
-    fed: int = 0                  # prompt tokens in the cache
-    pos: int = 0                  # next position id
-    col: int = 0                  # next cache column
+    #: Next cache column, and the next position id: every column below it holds one
+    #: of the row's tokens (the prompt's first, then the answer's), in order.
+    col: int = 0
     out: list[int] = field(default_factory=list)  # tokens chosen so far
     pending: list[int] = field(default_factory=list)  # chosen, not yet in the cache
 
@@ -266,7 +266,7 @@ class ContinuousDecoder:
             buf.put_prefix(slot, self.prefix(tuple(ids[:n])))  # type: ignore[misc]
         else:
             buf.valid[slot] = False
-        row.fed = row.pos = row.col = n
+        row.col = n
         return row
 
     def _swap_into(self, buf: _Buffers, dec: list[Row], pre: list[Row], row: Row) -> None:
@@ -308,7 +308,7 @@ class ContinuousDecoder:
             ids[i, q - m:] = torch.tensor(f)
             cols[i, q - m:] = torch.arange(row.col, row.col + m)
             cols[i, :q - m] = torch.arange(row.col + m, row.col + q)  # padding, masked
-            pos[i, q - m:] = torch.arange(row.pos, row.pos + m)
+            pos[i, q - m:] = cols[i, q - m:]
         ids, cols, pos = ids.to(self.device), cols.to(self.device), pos.to(self.device)
         valid = buf.valid[a:a + n]
         for i, (row, f) in enumerate(zip(rows, feeds, strict=True)):
@@ -325,7 +325,6 @@ class ContinuousDecoder:
                          cache=cache, use_cache=True, logits_to_keep=1)
         for row, f in zip(rows, feeds, strict=True):
             row.col += len(f)
-            row.pos += len(f)
         return out.logits[:, -1, :]
 
     def _prefill(self, pre: list[Row], a_dec: int, buf: _Buffers) -> list[Row]:
@@ -334,21 +333,20 @@ class ContinuousDecoder:
         take: list[Row] = []
         budget = self.prefill_tokens
         for row in pre:
-            need = min(self.prefill_chunk, len(row.ids) - row.fed)
+            need = min(self.prefill_chunk, len(row.ids) - row.col)
             if take and need > budget:
                 break
             take.append(row)
             budget -= need
-        feeds = [row.ids[row.fed:row.fed + self.prefill_chunk] for row in take]
+        feeds = [row.ids[row.col:row.col + self.prefill_chunk] for row in take]
         logits = self._forward(a_dec, feeds, take, buf)
         self.stats.prefill_passes += 1
         width = max(len(f) for f in feeds)
         self.stats.prefill_tokens += sum(len(f) for f in feeds)
         self.stats.prefill_padded += sum(width - len(f) for f in feeds)
         done = []
-        for i, (row, f) in enumerate(zip(take, feeds, strict=True)):
-            row.fed += len(f)
-            if row.fed == len(row.ids):
+        for i, row in enumerate(take):
+            if row.col == len(row.ids):  # the whole prompt is in the cache
                 self._choose(row, logits[i:i + 1])
                 done.append(row)
         return done

@@ -339,14 +339,10 @@ class Engine:
         as it is done; ``source()``, asked before every pass, may hand over more texts
         (numbered on after ``texts``). Returns every outcome in order."""
         from inference.continuous import ContinuousDecoder
-        from inference.prefill import Prefiller
 
         tok = self.tokenizer
         constraint = self._decoder("copy").constraint
-        if self._prefiller is None:
-            self._prefiller = Prefiller(tok.pad_token_id) if Prefiller.supports(
-                self.model) else False
-        prefiller = self._prefiller
+        prefiller = self._prefill_cache()
         version = self.adapter_version
 
         def prefix(ids: tuple[int, ...]) -> Any:
@@ -374,6 +370,16 @@ class Engine:
         return [o if o is not None else Outcome(error=TiquError("not decoded"))
                 for o in outcomes]
 
+    def _prefill_cache(self) -> Any:
+        """The engine's :class:`inference.prefill.Prefiller` (it keeps the system turn's
+        keys and values), or False for a model whose cache it cannot lay out."""
+        if self._prefiller is None:
+            from inference.prefill import Prefiller
+
+            self._prefiller = Prefiller(self.tokenizer.pad_token_id) if Prefiller.supports(
+                self.model) else False
+        return self._prefiller
+
     def _prefix_len(self) -> int:
         """Prompt tokens every text shares (the system turn and the user turn's start)."""
         if self._shared is None:
@@ -389,11 +395,9 @@ class Engine:
         """``generate`` inputs; with several prompts, their cache comes prefilled."""
         tok = self.tokenizer
         if self.reuse_prefix and len(prompts) > 1:
-            from inference.prefill import Prefiller, shared_prefix_len
+            from inference.prefill import shared_prefix_len
 
-            if self._prefiller is None:
-                self._prefiller = Prefiller(tok.pad_token_id) if Prefiller.supports(
-                    self.model) else False
+            self._prefill_cache()
             rows = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
             if self._prefiller and shared_prefix_len(rows) > 0:
                 return dict(self._prefiller.inputs(self.model, rows, self.adapter_version,

@@ -200,8 +200,7 @@ class ExtractBatches(Batches):
                 self._acknowledge([r for r in requests if r not in todo])
                 return
             for r, env in zip(todo, envelopes, strict=True):
-                r.send_event("task-succeeded", result=f"status={env['status']}", runtime=(
-                    (env.get("latency_ms") or 0) / 1000))
+                _announce(r, env)
         self._acknowledge(requests)
 
     def _settle_one(self, request: Any, envelope: dict[str, Any]) -> bool:
@@ -221,8 +220,7 @@ class ExtractBatches(Batches):
                         "its batch", request.id, type(err).__name__)
             return False
         self._acknowledge([request])
-        request.send_event("task-succeeded", result=f"status={envelope['status']}",
-                           runtime=(envelope.get("latency_ms") or 0) / 1000)
+        _announce(request, envelope)
         return True
 
     def _fence(self, todo: list[Any], envelopes: list[dict[str, Any]]
@@ -283,6 +281,12 @@ class ExtractBatches(Batches):
         log.critical("circuit breaker open: stopped consuming, put %d held message(s) back; "
                      "exiting with status %d", len(held), EXIT_CODE)
         worker_state.should_stop = EXIT_CODE
+
+
+def _announce(request: Any, envelope: dict[str, Any]) -> None:
+    """Celery's task-succeeded event for a stored answer (Flower shows it)."""
+    request.send_event("task-succeeded", result=f"status={envelope['status']}",
+                       runtime=(envelope.get("latency_ms") or 0) / 1000)
 
 
 def stopping() -> bool:
