@@ -6,6 +6,7 @@ nothing below the entry point reads ``os.environ``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -82,6 +83,10 @@ class Settings(BaseSettings):
     base_model: str = Field(
         DEFAULT_MODEL,
         description="Base model: the embedded default, a local folder or a hub id.",
+    )
+    base_model_revision: str | None = Field(
+        None, description="A hub base model's commit (40 hex characters), loaded instead "
+        "of its main branch; refused for the embedded default and local folders.",
     )
     adapter: str | None = Field(
         None, description="Optional peft adapter folder loaded at start."
@@ -206,6 +211,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         problems = []
+        rev = self.base_model_revision
+        if rev is not None and not re.fullmatch(r"[0-9a-f]{40}", rev):
+            problems.append("base_model_revision must be a 40-character commit hash "
+                            f"(lower-case hex), got {rev!r}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.flush_interval_s <= 0:

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from core.errors import ModelNotFound
+from core.errors import ConfigError, ModelNotFound
 from core.settings import DEFAULT_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,13 @@ def default_model_dir(settings: Settings) -> Path:
 def resolve_base_model(settings: Settings) -> str:
     """A path or hub id for ``settings.base_model``; raises a clear error if absent."""
     name = settings.base_model
+    if settings.base_model_revision is not None and (
+            name == DEFAULT_MODEL or name.startswith((".", "/", "~"))
+            or Path(name).expanduser().exists()):
+        raise ConfigError(
+            f"TIQU_BASE_MODEL_REVISION pins a hub model's commit, but base model '{name}' "
+            "is the embedded default or a local folder; unset it, or set TIQU_BASE_MODEL "
+            "to a hub id")
     if name == DEFAULT_MODEL:
         path = default_model_dir(settings)
         if not (path / "config.json").exists():
@@ -192,15 +199,18 @@ def load_base(settings: Settings) -> tuple[Any, Any, str]:
 
     source = resolve_base_model(settings)
     device = pick_device(settings)
+    hub = hub_kwargs(settings)
     try:
-        tok = AutoTokenizer.from_pretrained(source)
+        tok = AutoTokenizer.from_pretrained(source, **hub)
         dtype = pick_dtype(settings, device)
-        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **hub)
     except OSError as err:
+        at = f" at revision {hub['revision']}" if hub else ""
         raise ModelNotFound(
-            f"could not load base model '{settings.base_model}': {err}. "
+            f"could not load base model '{settings.base_model}'{at}: {err}. "
             "For the embedded default run `tiqu model fetch`; for a hub id, "
-            "download it first and point TIQU_BASE_MODEL at the folder."
+            "download it first (into HF_HOME, or a folder that TIQU_BASE_MODEL "
+            "points at)."
         ) from err
     tok.padding_side = "left"
     if tok.pad_token is None:
@@ -208,7 +218,26 @@ def load_base(settings: Settings) -> tuple[Any, Any, str]:
     model.to(device).eval()
     if device == "cpu":
         use_gqa_attention()
-    return model, tok, source
+    return model, tok, hub_snapshot(source, settings.base_model_revision)
+
+
+def hub_kwargs(settings: Settings) -> dict[str, str]:
+    """``from_pretrained`` keywords for the base model: its pinned hub revision, if any."""
+    rev = settings.base_model_revision
+    return {"revision": rev} if rev else {}
+
+
+def hub_snapshot(source: str, revision: str | None) -> str:
+    """The local snapshot folder of hub id ``source`` at ``revision`` (its main branch
+    when None), so that the base model's fingerprint hashes the weights served and
+    two revisions never look alike; ``source`` itself for a folder or when the
+    hub cache has no such snapshot."""
+    if Path(source).exists():
+        return source
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source, "config.json", revision=revision)
+    return str(Path(found).parent) if isinstance(found, str) else source
 
 
 def use_gqa_attention() -> None:

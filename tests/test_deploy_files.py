@@ -334,9 +334,9 @@ def _hub_model_step(kind: str, hub_dir: Path) -> str:
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
 def test_a_hub_model_is_baked_in_only_at_a_pinned_commit(kind: str, tmp_path: Path) -> None:
-    """core.settings has no revision setting; the images pin one at build time. The
-    build step is run here with a stand-in for the download."""
-    assert not [f for f in Settings.model_fields if "revision" in f]
+    """The images pin a hub model's commit at build time (TIQU_BASE_MODEL_REVISION pins
+    it at load time: tests/test_hub_revision.py). The build step is run here with a
+    stand-in for the download."""
     text = (DEPLOY / f"Dockerfile.{kind}").read_text()
     assert "ARG HUB_MODEL=" in text and "ARG HUB_REVISION=" in text
     fake = tmp_path / "bin"

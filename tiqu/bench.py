@@ -355,9 +355,9 @@ def answer_tokens(settings: Settings, results: list[Gold | None]) -> int:
     take the end-of-turn token)."""
     from transformers import AutoTokenizer
 
-    from inference.models import resolve_base_model
+    from inference.models import hub_kwargs, resolve_base_model
 
-    tok = AutoTokenizer.from_pretrained(resolve_base_model(settings))
+    tok = AutoTokenizer.from_pretrained(resolve_base_model(settings), **hub_kwargs(settings))
     return sum(len(tok(answer_json(r), add_special_tokens=False)["input_ids"])
                for r in results if r is not None)
 
