@@ -406,12 +406,25 @@ def test_k8s_worker_probes_ask_its_own_worker_over_http() -> None:
     runtime.breaker.opened = True
     assert (_probe(app, "/livez"), _probe(app, "/readyz")) == ("503", "503")  # breaker open
 
-    # The trainer serves no metrics port: its readiness names its own worker.
+    # The trainer asks its own worker over HTTP as well (trainer/metrics.py): its port
+    # comes from TIQU_METRICS_PORT, and a run in progress keeps both probes green.
     train = _container(_pod(objs, "Deployment", "tiqu-train"))
-    assert "-n train@$HOSTNAME " in " ".join(train["command"])
-    check = " ".join(train["readinessProbe"]["exec"]["command"])
-    assert 'tiqu status --ready --worker "train@$HOSTNAME"' in check
-    assert "livenessProbe" not in train
+    env = {e["name"]: e.get("value") for e in train["env"]}
+    assert {"name": "metrics", "containerPort": int(env["TIQU_METRICS_PORT"])} in train["ports"]
+    for kind, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+        assert train[kind]["httpGet"] == {"path": path, "port": "metrics"}, kind
+    assert train["livenessProbe"]["failureThreshold"] * train["livenessProbe"]["periodSeconds"] \
+        >= 300, "a liveness probe must not kill a run over a slow moment"
+    from trainer.metrics import TrainMetrics
+
+    metrics = TrainMetrics(CollectorRegistry())
+    from core.health import health_app as probe_app
+
+    trainer_app = probe_app(metrics.registry, metrics.status)
+    assert (_probe(trainer_app, "/livez"), _probe(trainer_app, "/readyz")) == ("200", "503")
+    metrics.ready = True
+    metrics.started()  # a run in progress
+    assert (_probe(trainer_app, "/livez"), _probe(trainer_app, "/readyz")) == ("200", "200")
 
 
 # --- 6. Compose --------------------------------------------------------------------------------

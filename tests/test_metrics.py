@@ -187,7 +187,8 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 def test_health_turns_red_and_the_breaker_gauge_rises_when_the_breaker_opens() -> None:
     from workers.breaker import Breaker
-    from workers.metrics import health_app, start_server
+    from core.health import start_server
+    from workers.metrics import health_app
 
     m = WorkerMetrics()
     runtime = SimpleNamespace(_engine=None, breaker=Breaker(limit=1), after_batch=[])

@@ -115,16 +115,18 @@ def test_podmonitor_selects_the_worker_pods_metrics_port() -> None:
     (monitor,) = list(yaml.safe_load_all((KIT / "podmonitor.yaml").read_text()))
     assert monitor["kind"] == "PodMonitor"
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / "worker.yaml").read_text())
-            if d and d["kind"] == "Deployment"]
-    (worker,) = docs
-    template = worker["spec"]["template"]
-    labels = template["metadata"]["labels"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert monitor["metadata"]["namespace"] == worker["metadata"]["namespace"]
-    ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    (expr,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert expr["operator"] == "In"
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    for name in ("worker.yaml", "train.yaml"):  # the extract workers and the trainer
+        docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / name).read_text())
+                if d and d["kind"] == "Deployment"]
+        (deployment,) = docs
+        template = deployment["spec"]["template"]
+        assert template["metadata"]["labels"][expr["key"]] in expr["values"], name
+        assert monitor["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+        ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        assert endpoint["port"] in ports and endpoint["path"] == "/metrics", name
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from core.names import TRAIN_QUEUE, TRAIN_TASK
 from core.queue import make_celery
 from core.settings import Settings
 from tests.conftest import ROOT, WorkerProc, worker_env
+from tests.test_metrics import free_port
 from trainer.data import record_to_gold, synth_records
 from trainer.tasks import MAX_INLINE_ROWS, parse_request
 
@@ -77,13 +81,21 @@ def test_train_task_runs_on_a_real_worker_and_reports_progress(
 ) -> None:
     env = worker_env(redis_url, tiny_model, OMP_NUM_THREADS="1",
                      TIQU_ADAPTER_DIR=str(tmp_path / "adapters"),
-                     TIQU_TRAIN_DATA_DIR=str(tmp_path / "train-data"))
+                     TIQU_TRAIN_DATA_DIR=str(tmp_path / "train-data"),
+                     TIQU_METRICS_PORT=str(port := free_port()))
     worker = start_train_worker(env, tmp_path / "worker.log")
     workers.append(worker)
     app = make_celery(Settings(redis_url=redis_url))
     rows = [record_to_gold(r) for r in synth_records(30, seed=11)]
-    result = app.send_task(TRAIN_TASK, args=[{"records": rows, "config": CONFIG}])
-    progress = follow(result, timeout_s=240)
+    with Scraper(port) as scraper:
+        result = app.send_task(TRAIN_TASK, args=[{"records": rows, "config": CONFIG}])
+        progress = follow(result, timeout_s=240)
+    # the metrics port answered all through the run, which held the main thread
+    assert scraper.samples and all(s["livez"] == 200 and s["readyz"] == 200
+                                   for s in scraper.samples), scraper.samples[:3]
+    assert any(s["tiqu_train_running"] == 1 and s['tiqu_train_phase{phase="train"}'] == 1
+               and s["tiqu_train_total_steps"] == 3 for s in scraper.samples)
+    assert max(s["tiqu_train_step"] for s in scraper.samples if s["tiqu_train_running"]) == 3
     assert result.successful(), f"{result.state}: {result.info}\n{worker.log()[-3000:]}"
     done = result.get()
     run_dir = Path(done.pop("run_dir"))
@@ -109,3 +121,48 @@ def test_train_task_runs_on_a_real_worker_and_reports_progress(
     assert "1 bad row(s): rows 2" in str(bad.info)
     assert "李四" not in str(bad.info) and "李四" not in worker.log()  # no gold values
     assert worker.proc.poll() is None
+    after = scrape(port)
+    assert after["tiqu_train_running"] == 0
+    assert after['tiqu_train_runs_total{state="SUCCESS"}'] == 1
+    assert after['tiqu_train_runs_total{state="FAILURE"}'] == 2
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The metrics port's samples (``name{labels}`` -> value) and its probes' statuses."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for path in ("/livez", "/readyz"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                out[path[1:]] = r.status
+        except urllib.error.HTTPError as err:
+            out[path[1:]] = err.code
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return out
+
+
+class Scraper:
+    """Scrapes the metrics port every 50 ms from a thread while the block runs."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.samples = port, []  # type: list[dict[str, float]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append(scrape(self.port))
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from core.queue import make_celery
 from core.settings import Settings
 from core.transport import faults, guard, kombu_redis
+from trainer import metrics
 from trainer.tasks import register, register_correct
 
 #: Largest message the train queue takes (16 MiB): inline rows above it are
@@ -35,3 +36,4 @@ correct = register_correct(app, settings)
 guard.install(app, None, settings.model_copy(update={
     "max_message_bytes": max(settings.max_message_bytes, TRAIN_MAX_MESSAGE_BYTES)}),
     allow_eta=True)  # tiqu.train retries with a countdown while a live run holds the lease
+metrics.install(app, settings)  # /livez, /readyz and run progress on TIQU_METRICS_PORT

@@ -29,6 +29,7 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,11 +174,16 @@ def parse_request(payload: Any) -> TrainRequest:
         raise ConfigError(f"invalid train request: {problems}") from err
 
 
+#: Called with every progress report of a run, before the rate limit of the stored
+#: states (trainer.metrics's gauges).
+PROGRESS_HOOKS: list[Callable[[dict[str, Any]], None]] = []
+
+
 class StateReporter:
     """Stores ``PROGRESS`` states, at most one per ``min_interval_s`` within a phase.
 
     A phase change and the last step of a phase are always stored, so a client
-    polling the result sees each phase.
+    polling the result sees each phase. Every report goes to :data:`PROGRESS_HOOKS`.
     """
 
     def __init__(self, task: Any, min_interval_s: float = 0.5) -> None:
@@ -187,6 +193,8 @@ class StateReporter:
         self.last_s = 0.0
 
     def __call__(self, meta: dict[str, Any]) -> None:
+        for hook in PROGRESS_HOOKS:
+            hook(meta)
         now = time.monotonic()
         changed = meta.get("phase") != self.phase
         final = meta.get("step") == meta.get("total")

@@ -21,13 +21,10 @@ Every other path serves the metrics, ``tiqu_breaker_open`` among them.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from celery import signals
 from prometheus_client import (
@@ -37,9 +34,9 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    make_wsgi_app,
 )
 
+from core import health as core_health
 from core.names import EXTRACT_QUEUE, TRAIN_QUEUE
 from core.settings import Settings
 from core.transport import liveness
@@ -176,43 +173,14 @@ def health(runtime: Any) -> tuple[bool, bool]:
     return not broken, not broken and getattr(runtime, "_engine", None) is not None
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-        """Probes every few seconds would flood the worker's log."""
-
-
 def health_app(runtime: Any, registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
     """WSGI app: ``/livez`` and ``/readyz`` from :func:`health`, the metrics elsewhere."""
-    metrics_app = make_wsgi_app(registry)
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path not in ("/livez", "/readyz"):
-            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+    def status() -> tuple[bool, bool, str]:
         live, ready = health(runtime)
-        ok = live if path == "/livez" else ready
-        body = b"ok\n" if ok else (b"breaker open\n" if not live else b"not loaded\n")
-        start_response("200 OK" if ok else "503 Service Unavailable",
-                       [("Content-Type", "text/plain; charset=utf-8")])
-        return [body]
+        return live, ready, "breaker open" if not live else "not loaded"
 
-    return app
-
-
-def start_server(port: int, addr: str, app: Callable[..., Iterable[bytes]]) -> WSGIServer:
-    """Serve ``app`` on ``addr:port`` from a daemon thread; raises OSError when taken."""
-    server = _Server6 if ":" in addr else _Server
-    httpd = make_server(addr, port, app, server, handler_class=_Quiet)
-    threading.Thread(target=httpd.serve_forever, name="tiqu-metrics-http", daemon=True).start()
-    return httpd
+    return core_health.health_app(registry, status)
 
 
 def redis_for(settings: Settings) -> Any:
@@ -256,8 +224,8 @@ def serve(metrics: WorkerMetrics, runtime: Any, app: Any, settings: Settings) ->
     """Start the HTTP server and the poller; a busy port is logged, not fatal."""
     assert settings.metrics_port is not None
     try:
-        start_server(settings.metrics_port, settings.metrics_addr,
-                     health_app(runtime, metrics.registry))
+        core_health.start_server(settings.metrics_port, settings.metrics_addr,
+                                 health_app(runtime, metrics.registry))
     except OSError as err:
         log.error("metrics: cannot bind %s:%d: %s", settings.metrics_addr,
                   settings.metrics_port, err)
