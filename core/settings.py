@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     flush_interval_s: float = Field(
         0.05, description="A partial batch runs after this many seconds."
     )
+    join_s: float = Field(
+        30.0, description="continuous: for this many seconds after a batch starts, tasks "
+        "that arrive meanwhile join its free rows; 0: they wait for the next batch. "
+        "Bounds how long a worker under steady load leaves its timers, broadcast "
+        "replies and adapter checks waiting."
+    )
 
     # --- Adapters -------------------------------------------------------------
     adapter_store: Literal["folder", "redis"] = Field(
@@ -221,6 +227,8 @@ class Settings(BaseSettings):
             problems.append(
                 f"flush_interval_s must be > 0, got {self.flush_interval_s}"
             )
+        if self.join_s < 0:
+            problems.append(f"join_s must be >= 0, got {self.join_s}")
         if self.dead_worker_s < 5:
             problems.append(f"dead_worker_s must be >= 5, got {self.dead_worker_s}")
         if self.max_message_bytes < 1024:

@@ -220,7 +220,8 @@ class ContinuousDecoder:
             prefix_len: int = 0) -> LoopStats:
         """Decode every ``(key, text, prompt_ids, budget)``; ``on_done(key, answer_ids,
         processor)`` is called as each row's answer closes. ``source``, when given,
-        is asked for more requests before every pass; they join the running set.
+        is asked for more requests before every pass that has a free row and
+        nothing waiting; they join the running set.
         The first ``prefix_len`` prompt ids, when shared by a row, come from the
         prefix cache instead of being prefilled."""
         start = time.perf_counter()
@@ -233,7 +234,7 @@ class ContinuousDecoder:
         lengths: list[int] = []
         with torch.inference_mode():
             while True:
-                if source is not None:
+                if source is not None and not waiting and len(dec) + len(pre) < self.max_running:
                     waiting.extend(source())
                 while waiting and len(dec) + len(pre) < self.max_running:
                     key, text, ids, budget = waiting.popleft()

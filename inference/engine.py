@@ -234,15 +234,22 @@ class Engine:
         return min(self.settings.max_new_tokens, n + self.settings.extra_new_tokens)
 
     def extract_batch(self, texts: list[str], mode: str | None = None,
-                      on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+                      on_done: Callable[[int, Outcome], None] | None = None,
+                      source: Callable[[], list[str]] | None = None) -> list[Outcome]:
         """One outcome per text, in input order; invalid rows are retried once
         with copy-constrained decoding when another mode produced them.
 
         In copy mode ``on_done(i, outcome)`` hears of text ``i`` as soon as its answer
         is done (on the continuous scheduler, while the others still decode); a
         text split off by an out-of-memory retry may be reported twice, with the
-        same answer. Other modes ignore it."""
+        same answer. Other modes ignore it.
+
+        ``source()``, on the continuous scheduler only, is asked for more texts
+        whenever a row is free; they are numbered on after ``texts`` and their
+        outcomes follow in the order they came. Elsewhere it is never called."""
         mode = mode or self.settings.decoding
+        if source is not None and mode == "copy" and self.continuous():
+            return self._joining(texts, on_done, source)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         report = None
         if on_done is not None and mode == "copy":
@@ -258,6 +265,36 @@ class Engine:
             for i, out in zip(retry, again, strict=True):
                 out.retried = True
                 outcomes[i] = out
+        return outcomes
+
+    def _joining(self, texts: list[str], on_done: Callable[[int, Outcome], None] | None,
+                 source: Callable[[], list[str]]) -> list[Outcome]:
+        """:meth:`extract_batch` on the continuous scheduler with texts joining as rows
+        free up. Out of memory, every text taken so far runs again, split until it
+        fits (:meth:`_run_split`), and no more join."""
+        n = len(texts)
+        order = sorted(range(n), key=lambda i: len(texts[i]))
+        joined: list[str] = []
+
+        def more() -> list[str]:
+            new = source()
+            joined.extend(new)
+            return new
+
+        def report(j: int, out: Outcome) -> None:
+            if on_done is not None:
+                on_done(order[j] if j < n else j, out)
+
+        try:
+            got = self.extract_continuous([texts[i] for i in order], on_done=report, source=more)
+        except (RuntimeError, MemoryError) as err:
+            if not _is_oom(err):
+                raise
+            self._free_cache()
+            return self.extract_batch(texts + joined, "copy", on_done)
+        outcomes = [Outcome()] * n + got[n:]
+        for j, i in enumerate(order):
+            outcomes[i] = got[j]
         return outcomes
 
     def _run_split(self, texts: list[str], mode: str,

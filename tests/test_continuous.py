@@ -120,11 +120,33 @@ def test_a_request_arriving_mid_decode_is_answered(folder: Path) -> None:
 
     def source() -> list[str]:
         calls["n"] += 1
-        return [late] if calls["n"] == 6 else []  # after a few passes, not before
+        return [late] if calls["n"] == 2 else []  # after a pass with a free row
 
     got = engine.extract_continuous(texts, on_done=lambda i, o: done.append(i), source=source)
     assert len(got) == 5 and 4 in done
     assert done.index(4) > 0  # it joined a running set
+    assert [_key(o) for o in got] == [_key(o) for o in static]
+
+
+def test_arrivals_are_asked_for_only_when_a_row_is_free(folder: Path) -> None:
+    """``extract_batch`` with a source: texts join as rows free up, never while every
+    row is busy or texts still wait, and their outcomes follow in arrival order."""
+    texts = _texts(4, seed=7)
+    late = ["迟到的投诉：宽带断网，客服不回。订单号 123456", "李四，燃气表不走字，请派人查看。"]
+    static = _engine(folder, scheduler="static").extract_batch(texts + late)
+    engine = _engine(folder, batch_size=2)
+    done: list[int] = []
+    asked: list[int] = []  # answers done when the source was asked
+
+    def source() -> list[str]:
+        asked.append(len(done))
+        return [late[len(asked) - 1]] if len(asked) <= len(late) else []
+
+    got = engine.extract_batch(texts, on_done=lambda i, o: done.append(i), source=source)
+    assert len(got) == 6 and sorted(done) == list(range(6))
+    # 4 texts on 2 rows: the first ask comes after 3 answers (2 rows free up for the
+    # 2 waiting texts, then one more), not before
+    assert asked[0] >= 3, asked
     assert [_key(o) for o in got] == [_key(o) for o in static]
 
 
@@ -180,3 +202,40 @@ def test_a_worker_stores_a_short_answer_while_its_batch_still_decodes(
     while redis_db.hlen("unacked") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert redis_db.llen("extract") == 0 and not redis_db.hlen("unacked")
+
+
+@pytest.mark.parametrize("join_s", ["30", "0"])
+def test_a_task_arriving_while_a_batch_decodes_joins_it(
+        redis_db: Any, redis_url: str, tiny_model: Path, tmp_path: Path, workers: list,
+        join_s: str) -> None:
+    """A long complaint's batch is decoding (every forward pass 30 ms slower) when a
+    short one arrives. With joining on, the short one takes the batch's free row: one
+    batch answers both. With ``TIQU_JOIN_S=0`` it waits for a batch of its own."""
+    from producer import Client
+    from tests.conftest import start_worker, worker_env
+    from tests.test_metrics import free_port
+    from tests.test_train_task import scrape
+
+    port = free_port()
+    env = worker_env(redis_url, tiny_model, TIQU_BATCH_SIZE="2", TIQU_DTYPE="float32",
+                     TIQU_FAULT_POINT="slow_pass", TIQU_JOIN_S=join_s,
+                     TIQU_METRICS_PORT=str(port))
+    workers.append(start_worker(f"join{join_s}", env, tmp_path / "w.log"))
+    client = Client(redis_db)
+    long_text = "投诉：" + "宽带断网三天了，客服电话一直打不通，" * 12 + "请尽快处理。"
+    (long_,) = client.submit_many([("long", long_text)])
+    deadline = time.monotonic() + 30
+    while redis_db.llen("extract") and time.monotonic() < deadline:  # taken: it decodes
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert not redis_db.exists(result_key(long_.task_id)), "the long answer came too soon"
+    (short,) = client.submit_many([("short", "短")])
+    got = dict(client.collect([short.task_id, long_.task_id], timeout_s=120))
+    assert got[0]["status"] == "ok" and got[1]["status"] == "ok", workers[0].log()[-2000:]
+    deadline = time.monotonic() + 10
+    while redis_db.hlen("unacked") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert redis_db.llen("extract") == 0 and not redis_db.hlen("unacked")
+    batches = scrape(port)
+    assert batches["tiqu_batch_size_sum"] == 2  # two tasks answered
+    assert batches["tiqu_batch_size_count"] == (1 if join_s == "30" else 2)

@@ -114,6 +114,33 @@ def test_kill_at_step_loses_nothing_and_answers_once(
     _check_invariants(redis_db, sent, announcements)
 
 
+def test_kill_while_arrivals_join_a_running_batch_loses_nothing(
+    redis_db: redis.Redis, redis_url: str, tmp_path: Path, tiny_model: Path,
+    workers: list[WorkerProc], announcements: Announcements
+) -> None:
+    """A model worker (continuous scheduler, batches of 2) dies just after it fetched
+    tasks into a running batch's free row: the batch's own tasks and the joiners
+    are all answered once, by the rescuer."""
+    from tests.conftest import worker_env
+
+    client = Client(redis_db)
+    sent = [s.task_id for s in client.submit_many([(f"join-{i}", f"投诉 {i}，宽带断网")
+                                                   for i in range(12)])]
+    env = worker_env(redis_url, tiny_model, TIQU_BATCH_SIZE="2", TIQU_DTYPE="float32",
+                     TIQU_DEAD_WORKER_S="6", TIQU_FAULT_POINT="in_join")
+    victim = start_worker("victim", env, tmp_path / "victim.log", wait=False)
+    workers.append(victim)
+    wait_for(lambda: victim.proc.poll() is not None, 120, "the victim to die at in_join")
+    assert victim.proc.returncode == -9, victim.log()[-2000:]
+    assert "fault point in_join reached" in victim.log()
+    # it died holding a batch and its joiner(s): recorded as unacknowledged, not lost
+    assert redis_db.hlen("unacked") >= 1
+
+    rescuer = start_worker("rescuer", _env(redis_url), tmp_path / "rescuer.log")
+    workers.append(rescuer)
+    _check_invariants(redis_db, sent, announcements)
+
+
 def test_kill_during_the_restore_sweep_loses_nothing(
     redis_db: redis.Redis, redis_url: str, tmp_path: Path, workers: list[WorkerProc],
     announcements: Announcements

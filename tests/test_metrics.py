@@ -186,8 +186,8 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 def test_health_turns_red_and_the_breaker_gauge_rises_when_the_breaker_opens() -> None:
-    from workers.breaker import Breaker
     from core.health import start_server
+    from workers.breaker import Breaker
     from workers.metrics import health_app
 
     m = WorkerMetrics()

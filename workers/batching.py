@@ -8,6 +8,12 @@ one process owns the GPU), stores every result (:func:`core.transport.results.st
 message whose result already exists (a redelivery after a worker died) is
 acknowledged without being run again.
 
+On the continuous scheduler a batch also takes tasks that arrive while it
+runs (:meth:`ExtractBatches._joiners`, for ``TIQU_JOIN_S`` after it starts):
+whenever a row is free, what the queue holds now, up to the prefetch room,
+is fetched the reliable way (recorded as unacknowledged first) and joins the
+running set; such a task is stored, acknowledged or put back like the others.
+
 A message is acknowledged only with a stored answer. Everything else goes
 back on the queue unanswered:
 
@@ -90,6 +96,7 @@ class ExtractBatches(Batches):
         super().__init__()
         self._consumer: Any = None
         self._settle_tref: Any = None
+        self._running = False  # a batch is running (flush)
         #: Held messages Redis refused to put back, and acks it did not record.
         self.owed = Owed(current_qos=self._current_qos)
 
@@ -114,7 +121,8 @@ class ExtractBatches(Batches):
         return on_message
 
     def _do_flush(self) -> None:
-        """celery-batches' flush of its buffers, after settling the fetch in flight.
+        """celery-batches' flush of its buffers, after settling the fetch in flight;
+        nothing while a batch runs (its joiners, :meth:`_joiners`, come from the buffer).
 
         Overrides the private ``Batches._do_flush``, which celery-batches runs from
         its flush timer and on every ``flush_every``-th message (``Batches.Strategy``
@@ -123,6 +131,8 @@ class ExtractBatches(Batches):
         message arriving meanwhile would wait in the socket until the batch ends,
         and a SIGKILL would lose it (core.transport.guard.Guard.settle_pending_pop).
         """
+        if self._running:  # a delivery inside the running batch's own fetch
+            return
         if self.guard is not None:
             self.guard.settle_pending_pop()
         super()._do_flush()
@@ -145,6 +155,7 @@ class ExtractBatches(Batches):
     def flush(self, requests: Any) -> None:
         requests = list(requests)
         self.owed.settle()
+        self._running = True
         try:
             if self.runtime.breaker.opened or stopping():
                 self._put_back(requests)
@@ -154,16 +165,41 @@ class ExtractBatches(Batches):
             log.error("batch of %d not finished: %s; putting it back unanswered",
                       len(requests), type(err).__name__, exc_info=True)
             self._put_back(requests)
+        finally:
+            self._running = False
         if self.runtime.breaker.opened:
             self.trip()
 
-    def _run(self, requests: list[Any]) -> None:
-        client = self.app.backend.client
-        done = client.mget([result_key(r.id) for r in requests])
-        todo = [r for r, d in zip(requests, done, strict=True) if d is None]
+    def _unanswered(self, requests: list[Any]) -> list[Any]:
+        """The requests with no stored result; the others are logged (acknowledged with
+        their batch)."""
+        if not requests:
+            return []
+        done = self.app.backend.client.mget([result_key(r.id) for r in requests])
         for r, d in zip(requests, done, strict=True):
             if d is not None:
                 log.info("task %s already answered; acknowledging the duplicate", r.id)
+        return [r for r, d in zip(requests, done, strict=True) if d is None]
+
+    def _joiners(self, until: float) -> list[Any]:
+        """Tasks that arrived while the batch runs, to join its free rows: what the
+        queue holds now, up to the prefetch room (Guard.fetch_now), as buffered
+        requests. None once ``until`` (monotonic) passed, on shutdown, or with the
+        breaker open."""
+        if (self.guard is None or time.monotonic() >= until or stopping()
+                or self.runtime.breaker.opened):
+            return []
+        self.guard.fetch_now()
+        taken = list(consume_queue(self._buffer))
+        if taken:
+            faults.point("in_join")
+        for r in taken:
+            if r.eta:  # not on the extract queue (refused by the guard); kept for a flush
+                self._pending.put(r)
+        return [r for r in taken if not r.eta]
+
+    def _run(self, requests: list[Any]) -> None:
+        todo = self._unanswered(requests)
         if todo:
             if self.runtime.worker_name == "":
                 self.runtime.worker_name = todo[0].hostname or ""
@@ -173,9 +209,23 @@ class ExtractBatches(Batches):
                 if self._settle_one(todo[i], envelope):
                     early.add(i)
 
+            def more() -> list[tuple[str, Any]]:
+                fresh = self._joiners(until)
+                try:
+                    new = self._unanswered(fresh)
+                except Exception as err:  # never the engine's failure: they wait their turn
+                    log.warning("%d arrival(s) not joined: %s; putting them back", len(fresh),
+                                type(err).__name__)
+                    self._put_back(fresh)
+                    return []
+                requests.extend(fresh)
+                todo.extend(new)
+                return [(r.id, payload_of(r)) for r in new]
+
+            until = time.monotonic() + self.runtime.settings.join_s
             try:
                 envelopes = self.runtime.handle([(r.id, payload_of(r)) for r in todo],
-                                                on_envelope=store_early)
+                                                on_envelope=store_early, more=more)
             except Exception as err:  # the batch failed as a whole: not answered
                 if not isinstance(err, EngineFailed):  # a bug around the engine counts too
                     log.error("batch of %d failed: %s", len(todo), type(err).__name__,

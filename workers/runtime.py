@@ -91,6 +91,7 @@ class Runtime:
 
     def handle(self, items: list[tuple[str, Any]],
                on_envelope: Callable[[int, dict[str, Any]], None] | None = None,
+               more: Callable[[], list[tuple[str, Any]]] | None = None,
                ) -> list[dict[str, Any]]:
         """``[(task_id, payload)]`` -> one envelope dict per item, same order.
 
@@ -98,6 +99,11 @@ class Runtime:
         soon as the engine is done with it (copy decoding on the continuous
         scheduler: before the rest of the batch; inference.continuous), so that
         it can be stored at once; every envelope is returned all the same.
+
+        ``more()``, when given, is asked for more items while the batch runs, as
+        rows of the continuous scheduler free up; they are numbered on after
+        ``items`` (in ``on_envelope`` and in the result), and each one's
+        ``latency_ms`` counts from when it joined.
 
         Raises :class:`EngineFailed` when the engine fails the batch as a whole;
         a before-batch hook that raises (an adapter check) is logged and never
@@ -109,23 +115,50 @@ class Runtime:
             except Exception as err:  # the old adapter keeps serving
                 log.error("before-batch hook failed: %s: %s", type(err).__name__, err)
         start = time.perf_counter()
+        items = list(items)
+        starts = [start] * len(items)
         envelopes: list[Envelope | None] = [None] * len(items)
         valid: list[tuple[int, str | None, str]] = []
-        for i, (_task_id, payload) in enumerate(items):
-            try:
-                id_, text = validate_payload(payload, self.settings.max_text_chars)
+
+        def admit(first: int) -> list[str]:
+            """Validate items ``first:``; the valid ones' texts, the rest answered."""
+            texts = []
+            for i in range(first, len(items)):
+                payload = items[i][1]
+                try:
+                    id_, text = validate_payload(payload, self.settings.max_text_chars)
+                except InvalidInput as err:
+                    envelopes[i] = refused = self._error(payload_id(payload), err, starts[i])
+                    if on_envelope is not None and first:  # a joiner: stored at once
+                        on_envelope(i, refused.model_dump(mode="json"))
+                    continue
                 valid.append((i, id_, text))
-            except InvalidInput as err:
-                envelopes[i] = self._error(payload_id(payload), err, start)
+                texts.append(text)
+            return texts
+
+        texts = admit(0)
         faults.point("mid_batch")
         early = None
         if on_envelope is not None:
             def early(j: int, outcome: Outcome) -> None:
                 i, id_, text = valid[j]
-                on_envelope(i, self._envelope(id_, text, outcome, start).model_dump(mode="json"))
-        outcomes = self._extract([t for _, _, t in valid], early)
+                on_envelope(i, self._envelope(id_, text, outcome, starts[i]).model_dump(
+                    mode="json"))
+        source = None
+        if more is not None:
+            def source() -> list[str]:
+                new = more()
+                if not new:
+                    return []
+                first = len(items)
+                items.extend(new)
+                now = time.perf_counter()
+                starts.extend([now] * len(new))
+                envelopes.extend([None] * len(new))
+                return admit(first)
+        outcomes = self._extract(texts, early, source)
         for (i, id_, text), outcome in zip(valid, outcomes, strict=True):
-            envelopes[i] = self._envelope(id_, text, outcome, start)
+            envelopes[i] = self._envelope(id_, text, outcome, starts[i])
         out = [e.model_dump(mode="json") for e in envelopes if e is not None]
         for task_id_env in zip((t for t, _ in items), out, strict=True):
             env = task_id_env[1]
@@ -136,22 +169,32 @@ class Runtime:
         return out
 
     def _extract(self, texts: list[str],
-                 on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+                 on_done: Callable[[int, Outcome], None] | None = None,
+                 source: Callable[[], list[str]] | None = None) -> list[Outcome]:
+        """The engine's outcomes for ``texts`` and, with ``source``, for the texts that
+        joined meanwhile (appended to ``texts``, so a failure accounts for them too)."""
         if not texts:
             return []
+        joining = None
+        if source is not None:
+            def joining() -> list[str]:
+                new = source()
+                texts.extend(new)
+                return new
         try:
-            outcomes = self._call(texts, on_done)
+            outcomes = self._call(list(texts), on_done, joining)
         except Exception as err:  # the engine's fault or the texts'? the canary tells
             return self._after_failure(texts, err)
         self.breaker.success()
         return outcomes
 
     def _call(self, texts: list[str],
-              on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+              on_done: Callable[[int, Outcome], None] | None = None,
+              source: Callable[[], list[str]] | None = None) -> list[Outcome]:
         if faults.engine_fails(texts):  # a fault armed for tests
             raise RuntimeError("CUDA error: the engine fault point is armed")
         if on_done is not None and getattr(self.engine, "continuous", None) is not None:
-            return list(self.engine.extract_batch(texts, on_done=on_done))
+            return list(self.engine.extract_batch(texts, on_done=on_done, source=source))
         return list(self.engine.extract_batch(texts))
 
     def _after_failure(self, texts: list[str], err: Exception) -> list[Outcome]:

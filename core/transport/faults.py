@@ -13,6 +13,8 @@ point is one comparison. The steps:
 - ``after_fetch``: messages moved onto the in-flight list, not yet recorded;
 - ``after_record``: recorded as unacknowledged, not yet delivered;
 - ``mid_batch``: inside the engine call of a batch;
+- ``in_join``: tasks that arrived during a batch fetched and buffered, about to
+  join its running set (workers.batching);
 - ``after_store``: results stored, not yet acknowledged;
 - ``in_ack``: inside the acknowledgement pipeline, before it is sent;
 - ``in_restore``: while putting back a dead worker's messages;
@@ -28,8 +30,8 @@ from typing import Any
 
 log = logging.getLogger("tiqu.faults")
 
-STEPS = frozenset({"after_fetch", "after_record", "mid_batch", "after_store", "in_ack",
-                   "in_restore", "in_swap"})
+STEPS = frozenset({"after_fetch", "after_record", "mid_batch", "in_join", "after_store",
+                   "in_ack", "in_restore", "in_swap"})
 ENGINE = "engine"
 POISON = "poison"
 SLOW_PASS = "slow_pass"

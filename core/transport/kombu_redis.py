@@ -275,7 +275,28 @@ class Channel(kredis.Channel):
             self._in_poll = None
             self.fetching = False
             self._flush_brpop_reauth()
-        items = [item, *self._fetch_more(inflight)]
+        self._take(inflight, [item, *self._pop(inflight, self._room() - 1)])
+        return True
+
+    def fetch_now(self) -> int:
+        """Take what the queue holds now, up to the prefetch room, without blocking.
+
+        For a batch that takes more work while it runs (workers.batching): the
+        messages are moved onto the in-flight list, recorded and delivered
+        exactly as after a blocking fetch (:meth:`_take`). Returns how many were
+        taken; 0 without the reliable fetch, or while a fetch is outstanding
+        (settle it first: Guard.settle_pending_pop).
+        """
+        inflight = self.inflight
+        if inflight is None or self._in_poll:
+            return 0
+        items = self._pop(inflight, self._room())
+        if items:
+            self._take(inflight, items)
+        return len(items)
+
+    def _take(self, inflight: fetch.InFlight, items: list[Any]) -> None:
+        """Sort fetched raw items, refuse the bad ones, record and deliver the rest."""
         faults.point("after_fetch")
         sorted_out = [fetch.classify(x, inflight.max_message_bytes, kjson.loads, bytes_to_str)
                       for x in items]
@@ -294,18 +315,20 @@ class Channel(kredis.Channel):
             for tag in sorted(left):
                 self.qos.restore_by_tag(tag, client=self.records_client())
             left.clear()
-        return True
 
-    def _fetch_more(self, inflight: fetch.InFlight) -> list[Any]:
-        """Up to ``FETCH_MAX - 1`` more messages, moved onto the in-flight list at once.
+    def _room(self) -> int:
+        """How many messages one fetch may take: the prefetch room, at most FETCH_MAX."""
+        room = self.qos.can_consume_max_estimate()
+        return min(fetch.FETCH_MAX, room if room is not None else 1)
+
+    def _pop(self, inflight: fetch.InFlight, n: int) -> list[Any]:
+        """Up to ``n`` messages, moved onto the in-flight list at once.
 
         After a blocking fetch returned one message, the queue often holds more;
         taking them one blocking round trip each cost a third of a fast engine's
         worker time. Each ``RPOPLPUSH`` is atomic, so the messages are on the queue
         or on the list, as for the first.
         """
-        room = self.qos.can_consume_max_estimate()
-        n = min(fetch.FETCH_MAX, room if room is not None else 1) - 1
         if n <= 0:
             return []
         pipe = self.records_client().pipeline(transaction=False)
@@ -400,8 +423,9 @@ class SentinelTransport(Transport, kredis.SentinelTransport):
 #: Names this module adds to kombu's classes; a kombu that defines one itself is refused.
 _OWN_NAMES = ("inflight", "recorded_tags", "fetching", "consumer_client_id", "_client_id_sock",
               "_records_client", "use_inflight", "fetch_outstanding", "fetch_idle",
-              "settle_fetch", "_start_fetch", "_read_fetch", "_fetch_more", "record",
-              "records_client", "_remember_client_id", "_dead_letter_now", "held_tags")
+              "settle_fetch", "_start_fetch", "_read_fetch", "fetch_now", "_take", "_room",
+              "_pop", "record", "records_client", "_remember_client_id", "_dead_letter_now",
+              "held_tags")
 _CLASHES = [name for name in _OWN_NAMES
             if hasattr(kredis.Channel, name) or hasattr(kredis.QoS, name)]
 if _CLASHES:
