@@ -190,13 +190,10 @@ class ExtractBatches(Batches):
                 or self.runtime.breaker.opened):
             return []
         self.guard.fetch_now()
-        taken = list(consume_queue(self._buffer))
+        taken = list(consume_queue(self._buffer))  # no ETAs: the guard refuses them here
         if taken:
             faults.point("in_join")
-        for r in taken:
-            if r.eta:  # not on the extract queue (refused by the guard); kept for a flush
-                self._pending.put(r)
-        return [r for r in taken if not r.eta]
+        return taken
 
     def _run(self, requests: list[Any]) -> None:
         todo = self._unanswered(requests)
