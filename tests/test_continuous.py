@@ -187,17 +187,24 @@ def test_a_worker_stores_a_short_answer_while_its_batch_still_decodes(
     long_text = "投诉：" + "宽带断网三天了，客服电话一直打不通，" * 12 + "请尽快处理。"
     short, long_ = client.submit_many([("short", "短"), ("long", long_text)])
     seen: dict[str, float] = {}
+    logged_when_stored: dict[str, bool] = {}
     deadline = time.monotonic() + 120
     while len(seen) < 2 and time.monotonic() < deadline:
         for name, sent in (("short", short), ("long", long_)):
             if name not in seen and redis_db.exists(result_key(sent.task_id)):
                 seen[name] = time.monotonic()
+                logged_when_stored[name] = f"task {sent.task_id} " in workers[0].log()
         time.sleep(0.01)
     assert set(seen) == {"short", "long"}, (workers[0].log()[-2000:])
     assert seen["long"] - seen["short"] > 0.15  # five slow passes or more after it
     got = dict(client.collect([short.task_id, long_.task_id], timeout_s=10))
     assert got[0]["status"] == "ok" and got[1]["status"] == "ok"
     assert got[0]["latency_ms"] < got[1]["latency_ms"]
+    # Each task's execution line (what tiqu soak counts) is written before its result
+    # is stored, the early one included, and once.
+    assert logged_when_stored == {"short": True, "long": True}
+    for sent in (short, long_):
+        assert workers[0].log().count(f"task {sent.task_id} ") == 1
     deadline = time.monotonic() + 10
     while redis_db.hlen("unacked") and time.monotonic() < deadline:
         time.sleep(0.05)

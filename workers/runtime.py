@@ -119,6 +119,15 @@ class Runtime:
         starts = [start] * len(items)
         envelopes: list[Envelope | None] = [None] * len(items)
         valid: list[tuple[int, str | None, str]] = []
+        logged: set[int] = set()
+
+        def done(i: int, env: dict[str, Any]) -> dict[str, Any]:
+            """One log line per task run, before its result is stored (``tiqu soak``
+            counts executions from these lines)."""
+            log.info("task %s id=%s status=%s code=%s", items[i][0], env["id"], env["status"],
+                     (env.get("error") or {}).get("code"))
+            logged.add(i)
+            return env
 
         def admit(first: int) -> list[str]:
             """Validate items ``first:``; the valid ones' texts, the rest answered."""
@@ -130,7 +139,7 @@ class Runtime:
                 except InvalidInput as err:
                     envelopes[i] = refused = self._error(payload_id(payload), err, starts[i])
                     if on_envelope is not None and first:  # a joiner: stored at once
-                        on_envelope(i, refused.model_dump(mode="json"))
+                        on_envelope(i, done(i, refused.model_dump(mode="json")))
                     continue
                 valid.append((i, id_, text))
                 texts.append(text)
@@ -142,8 +151,8 @@ class Runtime:
         if on_envelope is not None:
             def early(j: int, outcome: Outcome) -> None:
                 i, id_, text = valid[j]
-                on_envelope(i, self._envelope(id_, text, outcome, starts[i]).model_dump(
-                    mode="json"))
+                on_envelope(i, done(i, self._envelope(id_, text, outcome, starts[i]).model_dump(
+                    mode="json")))
         source = None
         if more is not None:
             def source() -> list[str]:
@@ -160,10 +169,9 @@ class Runtime:
         for (i, id_, text), outcome in zip(valid, outcomes, strict=True):
             envelopes[i] = self._envelope(id_, text, outcome, starts[i])
         out = [e.model_dump(mode="json") for e in envelopes if e is not None]
-        for task_id_env in zip((t for t, _ in items), out, strict=True):
-            env = task_id_env[1]
-            log.info("task %s id=%s status=%s code=%s", task_id_env[0], env["id"], env["status"],
-                     (env.get("error") or {}).get("code"))
+        for i, env in enumerate(out):  # every item has its envelope by now
+            if i not in logged:
+                done(i, env)
         for result_hook in self.after_batch:
             result_hook(self, out, time.perf_counter() - start)
         return out
