@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ from core.transport.liveness import Fence, Heartbeat, Timing, held_key
 from producer import Client
 from tests.test_dead_worker import leftovers
 from tests.test_reliability import wait_for
-from tiqu.cluster import Cluster, leftover_namespaces
+from tiqu.cluster import Cluster, Fault, fault_waits, leftover_namespaces
 
 DEAD_S = 10
 METRICS_PORT = 9464  # inside the host's namespace
@@ -107,6 +108,8 @@ def test_a_killed_hosts_tasks_are_answered_by_the_other_host_within_dead_worker_
     wait_for(lambda: db.scard(held_key(slow.name)) == 5, 10, "the held set")
     other = cluster.start_worker(cluster.hosts[1], "w")
     cluster.wait_ready(other)
+    assert cluster.held_task_ids(cluster.hosts[0]) == {s.task_id for s in sent}
+    assert cluster.held_task_ids(cluster.hosts[1]) == set()
 
     assert cluster.kill_host(cluster.hosts[0]) >= 1
     killed_at = time.monotonic()
@@ -156,6 +159,22 @@ def test_a_partitioned_host_is_fenced_and_answers_none_of_its_tasks_after_healin
     got_more = dict(client.collect([s.task_id for s in more], timeout_s=60))
     assert {e["worker"] for e in got_more.values()} == {slow.name}
     _no_leftovers(db)
+
+
+def test_fault_waits_times_the_struck_hosts_tasks_from_the_fault() -> None:
+    """The report's recovery time: from the fault to the last answer of the tasks the
+    host held, apart from the backlog that every waiting task sat in."""
+    tracker = SimpleNamespace(start=100.0, waiting={"late": (3, 101.0)},
+                              answered_at=[(101.0, 200.0), (102.0, 140.0)],
+                              answered_by_id={"a": 200.0, "b": 140.0})
+    killed = Fault(10.0, "killed host h1", lambda: None, fired_s=10.0, held={"b"})
+    cut = Fault(20.0, "partitioned host h2", lambda: None, fired_s=20.0, held={"a", "late"})
+    healed = Fault(30.0, "healed host h2", lambda: None, fired_s=30.0)
+    rows = fault_waits([killed, cut, healed], tracker)
+    assert rows[0] == {"label": "killed host h1", "at_s": 10.0, "waiting": 3,
+                       "longest_wait_s": 99.0, "held": 1, "held_answered_after_s": 30.0}
+    assert rows[1]["held"] == 2 and rows[1]["held_answered_after_s"] is None  # one unanswered
+    assert "held" not in rows[2]
 
 
 # --- the fence itself, without a cluster ----------------------------------------------------

@@ -231,6 +231,30 @@ class Cluster:
     def heal(self, host: Host) -> None:
         _ip("-n", self.bridge_ns, "link", "set", host.port, "up")
 
+    def held_task_ids(self, host: Host) -> set[str]:
+        """Task ids that ``host``'s live workers hold now: fetched (their in-flight
+        lists) or recorded as unacknowledged (their held sets in ``unacked``)."""
+        import json
+
+        from core.names import EXTRACT_QUEUE
+        from core.transport.fetch import INFLIGHT_PREFIX
+        from core.transport.liveness import held_key
+
+        client, raws = self.client(), []
+        for w in host.workers:
+            if w.proc.poll() is None:
+                raws += client.lrange(f"{INFLIGHT_PREFIX}{EXTRACT_QUEUE}:{w.name}", 0, -1)
+                tags = list(client.smembers(held_key(w.name)))
+                raws += [row for row in (client.hmget("unacked", tags) if tags else []) if row]
+        ids = set()
+        for raw in raws:
+            body = json.loads(raw)  # unacked rows are [message, exchange, routing key]
+            message = body[0] if isinstance(body, list) else body
+            task_id = (message.get("headers") or {}).get("id")
+            if task_id:
+                ids.add(str(task_id))
+        return ids
+
     def kill_host(self, host: Host) -> int:
         """SIGKILL every process in ``host``'s namespace; returns how many."""
         n = _kill_all(host.netns)
@@ -337,6 +361,7 @@ class Fault:
     label: str
     action: Any  # Callable[[], None]
     fired_s: float | None = None
+    held: set[str] | None = None  # the tasks the struck host held then (kill, partition)
 
 
 def fault_schedule(args: Any, cluster: Cluster, fleet: HostFleet,
@@ -346,14 +371,23 @@ def fault_schedule(args: Any, cluster: Cluster, fleet: HostFleet,
     schedule = []
     if args.kill_host_at is not None:
         def kill() -> None:
+            killed.held = cluster.held_task_ids(first)
             cluster.kill_host(first)
             report.kills += 1
             for _ in range(fleet.per_host):
                 fleet.start_on(first)  # the host comes back with fresh workers
-        schedule.append(Fault(args.kill_host_at, f"killed host h{first.index}", kill))
+        killed = Fault(args.kill_host_at, f"killed host h{first.index}", kill)
+        schedule.append(killed)
     if args.partition_at is not None:
-        schedule.append(Fault(args.partition_at, f"partitioned host h{last.index}",
-                              lambda: cluster.partition(last)))
+        def partition() -> None:
+            held = cluster.held_task_ids(last)
+            cluster.partition(last)
+            # A fetch that was blocked when the cut came still takes the next
+            # message onto the host's in-flight list; its reply never arrives.
+            time.sleep(1.0)
+            cut.held = held | cluster.held_task_ids(last)
+        cut = Fault(args.partition_at, f"partitioned host h{last.index}", partition)
+        schedule.append(cut)
         schedule.append(Fault(args.partition_at + args.partition_s,
                               f"healed host h{last.index}", lambda: cluster.heal(last)))
     if args.restart_redis_at is not None:
@@ -365,7 +399,13 @@ def fault_schedule(args: Any, cluster: Cluster, fleet: HostFleet,
 
 
 def fault_waits(schedule: list[Fault], tracker: Any) -> list[dict[str, Any]]:
-    """Per fault: how many tasks were waiting when it struck, and the longest wait of those."""
+    """Per fault: how many tasks were waiting when it struck, and the longest wait of those.
+
+    For a host killed or cut off, also the tasks that host held when struck
+    (``held``) and the longest time from the fault to one of their answers
+    (``held_answered_after_s``; None while any is unanswered): the recovery
+    itself, apart from the backlog every waiting task sat in.
+    """
     out = []
     for fault in schedule:
         if fault.fired_s is None:
@@ -374,7 +414,13 @@ def fault_waits(schedule: list[Fault], tracker: Any) -> list[dict[str, Any]]:
         waits = [answered - sent for sent, answered in tracker.answered_at
                  if sent <= at < answered]
         unanswered = sum(1 for _, sent in tracker.waiting.values() if sent <= at)
-        out.append({"label": fault.label, "at_s": fault.fired_s,
-                    "waiting": len(waits) + unanswered,
-                    "longest_wait_s": round(max(waits), 1) if waits else 0.0})
+        row = {"label": fault.label, "at_s": fault.fired_s,
+               "waiting": len(waits) + unanswered,
+               "longest_wait_s": round(max(waits), 1) if waits else 0.0}
+        if fault.held is not None:
+            done = [tracker.answered_by_id.get(task_id) for task_id in fault.held]
+            row["held"] = len(done)
+            row["held_answered_after_s"] = (
+                None if None in done else round(max(done, default=at) - at, 1))
+        out.append(row)
     return out

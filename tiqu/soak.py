@@ -11,8 +11,10 @@ Reported: tasks sent, answered, ``lost`` (sent - answered at the end),
 ``mismatched`` (an answer for the wrong complaint), and ``duplicates``: tasks
 executed more than once. Executions are counted from the workers' own logs,
 which is free: the runtime logs one line per task (``task <task id> id=...
-status=...``) after its batch ran and before its result is stored, so a task
-whose worker died after running it but before storing shows two lines. A
+status=...``) once its answer is made and before it is stored, so a task
+whose worker died after running it but before storing shows two lines (an
+answer that closes early in a continuous batch is logged and stored then), and
+so does a task a cut-off (fenced) worker ran and dropped before another ran it. A
 redelivered task whose result already exists is acknowledged without running
 (``already answered``); those are reported as ``skipped_redeliveries``.
 
@@ -250,6 +252,7 @@ class Tracker:
         self.waiting: dict[str, tuple[int, float]] = {}  # task id -> (index, sent at)
         self.delays: list[float] = []
         self.answered_at: list[tuple[float, float]] = []  # (sent at, answered at)
+        self.answered_by_id: dict[str, float] = {}  # task id -> answered at
         self.start = time.monotonic()
 
     def send(self, start: int, count: int) -> None:
@@ -289,6 +292,7 @@ class Tracker:
         index, sent_at = self.waiting.pop(task_id)
         self.delays.append(now - sent_at)
         self.answered_at.append((sent_at, now))
+        self.answered_by_id[task_id] = now
         self.report.answered += 1
         if env.get("status") == "ok":
             self.report.ok += 1
@@ -493,4 +497,10 @@ def _print(report: Report, log_dir: Path) -> None:
     for fault in report.faults:
         print(f"{fault['label'][:29]:<30} at {fault['at_s']} s: longest wait "
               f"{fault['longest_wait_s']} s ({fault['waiting']} task(s) waiting)")
+        if "held" in fault:
+            after = fault["held_answered_after_s"]
+            print(f"{'':<30} " + (
+                "it held no task then" if not fault["held"] else
+                f"the {fault['held']} task(s) it held: "
+                + ("not all answered" if after is None else f"all answered {after} s after")))
     print(f"{'worker logs':<30} {log_dir}")
