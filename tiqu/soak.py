@@ -33,7 +33,9 @@ every process of the first host (a fresh worker starts there at once, under
 a new name), ``--partition-at S --partition-s D`` cuts the last host off for
 ``D`` seconds, ``--restart-redis-at S`` restarts the cluster's Redis. For each
 fault the report gives the longest time a task that was waiting when it
-struck waited for its answer; it also gives the throughput (answers per second
+struck waited for its answer, and for a killed or cut-off host the tasks that
+host held then and how long after the fault the last of them was answered
+(the recovery, apart from the backlog); it also gives the throughput (answers per second
 from the first send to the last answer) and Redis's CPU seconds (``INFO
 cpu``).
 """
