@@ -165,8 +165,7 @@ def test_fault_waits_times_the_struck_hosts_tasks_from_the_fault() -> None:
     """The report's recovery time: from the fault to the last answer of the tasks the
     host held, apart from the backlog that every waiting task sat in."""
     tracker = SimpleNamespace(start=100.0, waiting={"late": (3, 101.0)},
-                              answered_at=[(101.0, 200.0), (102.0, 140.0)],
-                              answered_by_id={"a": 200.0, "b": 140.0})
+                              answered={"a": (101.0, 200.0), "b": (102.0, 140.0)})
     killed = Fault(10.0, "killed host h1", lambda: None, fired_s=10.0, held={"b"})
     cut = Fault(20.0, "partitioned host h2", lambda: None, fired_s=20.0, held={"a", "late"})
     healed = Fault(30.0, "healed host h2", lambda: None, fired_s=30.0)

@@ -411,16 +411,16 @@ def fault_waits(schedule: list[Fault], tracker: Any) -> list[dict[str, Any]]:
         if fault.fired_s is None:
             continue
         at = tracker.start + fault.fired_s
-        waits = [answered - sent for sent, answered in tracker.answered_at
+        waits = [answered - sent for sent, answered in tracker.answered.values()
                  if sent <= at < answered]
         unanswered = sum(1 for _, sent in tracker.waiting.values() if sent <= at)
         row = {"label": fault.label, "at_s": fault.fired_s,
                "waiting": len(waits) + unanswered,
                "longest_wait_s": round(max(waits), 1) if waits else 0.0}
         if fault.held is not None:
-            done = [tracker.answered_by_id.get(task_id) for task_id in fault.held]
-            row["held"] = len(done)
+            done = [tracker.answered[t][1] for t in fault.held if t in tracker.answered]
+            row["held"] = len(fault.held)
             row["held_answered_after_s"] = (
-                None if None in done else round(max(done, default=at) - at, 1))
+                None if len(done) < len(fault.held) else round(max(done, default=at) - at, 1))
         out.append(row)
     return out

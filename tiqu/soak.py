@@ -253,8 +253,7 @@ class Tracker:
         self.report = report
         self.waiting: dict[str, tuple[int, float]] = {}  # task id -> (index, sent at)
         self.delays: list[float] = []
-        self.answered_at: list[tuple[float, float]] = []  # (sent at, answered at)
-        self.answered_by_id: dict[str, float] = {}  # task id -> answered at
+        self.answered: dict[str, tuple[float, float]] = {}  # task id -> (sent at, answered at)
         self.start = time.monotonic()
 
     def send(self, start: int, count: int) -> None:
@@ -293,8 +292,7 @@ class Tracker:
     def _answered(self, task_id: str, env: dict[str, Any], now: float) -> None:
         index, sent_at = self.waiting.pop(task_id)
         self.delays.append(now - sent_at)
-        self.answered_at.append((sent_at, now))
-        self.answered_by_id[task_id] = now
+        self.answered[task_id] = (sent_at, now)
         self.report.answered += 1
         if env.get("status") == "ok":
             self.report.ok += 1
@@ -472,9 +470,9 @@ def _finish(report: Report, tracker: Tracker, fleet: Any, log_dir: Path,
     report.answer_delay_p50_s = _percentile(tracker.delays, 0.5)
     report.answer_delay_p99_s = _percentile(tracker.delays, 0.99)
     report.answer_delay_max_s = _percentile(tracker.delays, 1.0)
-    if tracker.answered_at:
-        first_sent = min(sent for sent, _ in tracker.answered_at)
-        span_s = max(at for _, at in tracker.answered_at) - first_sent
+    if tracker.answered:
+        first_sent = min(sent for sent, _ in tracker.answered.values())
+        span_s = max(at for _, at in tracker.answered.values()) - first_sent
         report.throughput_per_s = round(report.answered / max(span_s, 1e-3), 1)
     _count_executions(log_dir, report)
 
