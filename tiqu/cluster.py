@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -39,6 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.names import EXTRACT_QUEUE
+from core.transport.fetch import INFLIGHT_PREFIX
+from core.transport.liveness import held_key
 from workers.launch import celery_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,12 +238,6 @@ class Cluster:
     def held_task_ids(self, host: Host) -> set[str]:
         """Task ids that ``host``'s live workers hold now: fetched (their in-flight
         lists) or recorded as unacknowledged (their held sets in ``unacked``)."""
-        import json
-
-        from core.names import EXTRACT_QUEUE
-        from core.transport.fetch import INFLIGHT_PREFIX
-        from core.transport.liveness import held_key
-
         client, raws = self.client(), []
         for w in host.workers:
             if w.proc.poll() is None:

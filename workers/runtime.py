@@ -169,7 +169,7 @@ class Runtime:
         for (i, id_, text), outcome in zip(valid, outcomes, strict=True):
             envelopes[i] = self._envelope(id_, text, outcome, starts[i])
         out = [e.model_dump(mode="json") for e in envelopes if e is not None]
-        for i, env in enumerate(out):  # every item has its envelope by now
+        for i, (_, env) in enumerate(zip(items, out, strict=True)):  # every item has one now
             if i not in logged:
                 done(i, env)
         for result_hook in self.after_batch:
